@@ -1,0 +1,31 @@
+"""Model zoo: a registry of CNN families, built by name with ``create_model``.
+
+Importing this package registers every family.
+"""
+
+from cnnlab.models import simple  # noqa: F401  (registers models)
+from cnnlab.models.registry import (
+    ModelInfo,
+    UnknownModelError,
+    create_deterministic_model,
+    create_model,
+    gradcam_layer,
+    list_models,
+    model_family,
+    model_info,
+    output_shape,
+    register_model,
+)
+
+__all__ = [
+    "ModelInfo",
+    "UnknownModelError",
+    "create_deterministic_model",
+    "create_model",
+    "gradcam_layer",
+    "list_models",
+    "model_family",
+    "model_info",
+    "output_shape",
+    "register_model",
+]

@@ -1,0 +1,85 @@
+"""Small CNNs for quick runs and tests."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cnnlab.models.registry import register_model
+
+
+def conv_bn_act(cin: int, cout: int, *, batchnorm: bool = True, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(act())
+    return nn.Sequential(*layers)
+
+
+_ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+_POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+class SmallCNN(nn.Module):
+    """conv-bn-act blocks with 2x2 pooling between stages, global average pooling, one linear head.
+
+    ``features`` is the first conv-bn-act block (the hook point for masking analyses).
+    Activation and pooling are options because they decide whether metagradients are smooth.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (16, 32, 64),
+        batchnorm: bool = True,
+        activation: str = "relu",
+        pool: str = "max",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if activation not in _ACTS:
+            raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
+        if pool not in _POOLS:
+            raise ValueError(f"pool must be one of {sorted(_POOLS)}, got {pool!r}")
+        act = _ACTS[activation]
+        self.features = conv_bn_act(in_channels, widths[0], batchnorm=batchnorm, act=act)
+        stages: list[nn.Module] = []
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            stages += [_POOLS[pool](2), conv_bn_act(cin, cout, batchnorm=batchnorm, act=act)]
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.stages[-1] if len(self.stages) else self.features
+
+    def forward(self, x):
+        x = self.stages(self.features(x))
+        return self.fc(self.dropout(self.pool(x).flatten(1)))
+
+
+@register_model("tiny_cnn", family="small_cnn", min_resolution=4, description="3-stage 16/32/64 CNN (~24k params)")
+def tiny_cnn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    widths: tuple[int, ...] = (16, 32, 64),
+    batchnorm: bool = True,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.0,
+) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout)
+
+
+@register_model("simple_cnn", family="small_cnn", min_resolution=8, description="4-stage 32..256 CNN (~390k params)")
+def simple_cnn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    batchnorm: bool = True,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.0,
+) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout)

@@ -1,0 +1,1 @@
+"""Small shared helpers: seed derivation, atomic file writes, console output."""
