@@ -159,6 +159,21 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     return layer() if callable(layer) and not isinstance(layer, nn.Module) else layer
 
 
+def masking_layer(model: nn.Module) -> nn.Module:
+    """The first conv-BN-activation block, whose output masking analyses hook.
+
+    Small/CIFAR models hold it as ``model.features``; torchvision-style models keep torchvision's own
+    ``features`` naming (the whole trunk) for checkpoint compatibility and expose ``first_block()``.
+    """
+    first = getattr(model, "first_block", None)
+    if callable(first):
+        return first()
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Module):
+        return features
+    raise AttributeError(f"{type(model).__name__} defines neither first_block() nor features")
+
+
 @torch.no_grad()
 def output_shape(model: nn.Module, in_channels: int, resolution: int) -> tuple[int, ...]:
     was_training = model.training
