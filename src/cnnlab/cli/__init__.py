@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cnnlab.cli import models as _models
+from cnnlab.cli import train as _train
 
 app = typer.Typer(
     name="cnnlab",
@@ -14,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(_models.app, name="models")
+app.command("train")(_train.train_cmd)
 
 
 def main() -> None:

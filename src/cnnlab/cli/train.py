@@ -1,0 +1,59 @@
+"""``cnnlab train``: train one config into a run directory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnnlab.cli.common import fail
+from cnnlab.utils.console import console, print_json, print_table
+
+
+def train_cmd(
+    config: Optional[str] = typer.Argument(None, help="YAML run config (default: small CNN on digits)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.1 train.epochs=3"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a model. With no arguments: the default small CNN on the embedded digits data."""
+    from cnnlab.engine.config import ConfigError, load_config
+    from cnnlab.engine.trainer import Trainer, TrainingDiverged
+
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides = [config, *(overrides or [])]
+        config = None
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as e:
+        fail(str(e))
+    if resume and out is None:
+        fail("--resume needs --out RUN_DIR (the run to continue)")
+    run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        trainer = Trainer(cfg, run_dir, progress=progress and not json_out)
+        result = trainer.fit(resume=resume)
+    except ConfigError as e:
+        fail(str(e))
+    except FileExistsError as e:
+        fail(str(e))
+    except TrainingDiverged as e:
+        fail(f"{e}; status 'diverged' written to {run_dir / 'result.json'}", code=3)
+    if not trainer.is_main:
+        return
+    if json_out:
+        print_json(result)
+        return
+    f = result["final"]
+    rows = [("run directory", str(run_dir)), ("status", result["status"]), ("epochs", result["epochs_completed"]),
+            ("test accuracy", f"{f['test_acc']:.4f}"), ("test loss", f"{f['test_loss']:.4f}"),
+            ("train loss", f"{f['train_loss']:.4f}"), ("macro F1", f"{f['test_f1']:.4f}"),
+            ("train time (s)", f"{result['timings']['train_s']:.1f}"),
+            ("images/s", f"{result['timings']['images_per_s']:,.0f}")]
+    if "gen_gap" in f:
+        rows.append(("generalisation gap", f"{f['gen_gap']:.4f}"))
+    print_table(f"{cfg.name}: {cfg.model.name} on {cfg.data.name}", ["", "value"], rows)

@@ -1,0 +1,261 @@
+"""Typed run configuration: YAML in, ``key=value`` overrides, validated before any compute."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "tiny_cnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+    init: Literal["default", "kaiming", "xavier"] = "default"
+    in_channels: Optional[int] = Field(None, ge=1, description="default: the dataset's channel count")
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    resolution: Optional[int] = Field(None, ge=1, description="serve images at this size (resize on device)")
+    crop_padding: int = Field(0, ge=0)
+    crop_mode: Literal["reflect", "zeros"] = "reflect"
+    flip: Literal["none", "random", "alternating"] = "none"
+    cutout: int = Field(0, ge=0)
+    subset: Optional[Union[int, float]] = Field(None, description="first N train examples (int) or a fraction (float)")
+    subset_seed: Optional[int] = Field(None, description="draw the subset at random with this seed instead of taking the first")
+
+    @field_validator("subset")
+    @classmethod
+    def _subset(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError("a float subset is a fraction in (0, 1]")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("an int subset is a count >= 1")
+        return v
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    no_decay_1d: bool = Field(True, description="no weight decay for biases, BN and other 1-D parameters")
+    bias_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the no-decay group")
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs name: sgd and momentum > 0")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "onecycle", "cosine", "step", "multistep", "exponential", "plateau"] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, multiplied on top of the schedule")
+    # onecycle (peak = max_lr, default optim.lr)
+    max_lr: Optional[float] = Field(None, gt=0)
+    pct_start: float = Field(0.25, gt=0, lt=1)
+    anneal_strategy: Literal["cos", "linear"] = "linear"
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    # cosine
+    eta_min: float = Field(0.0, ge=0)
+    interval: Literal["step", "epoch"] = "step"
+    # step / multistep / exponential
+    step_size: int = Field(30, ge=1)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    # plateau
+    monitor: str = "test_loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+    threshold: float = Field(1e-4, ge=0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class EmaConfig(_Strict):
+    decay: float = Field(0.999, gt=0, lt=1)
+    every: int = Field(1, ge=1, description="update the average every N steps")
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "test_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class CheckpointConfig(_Strict):
+    monitor: str = "test_acc"
+    mode: Literal["min", "max"] = "max"
+    top_k: int = Field(1, ge=0)
+
+
+class CallbacksConfig(_Strict):
+    early_stopping: Optional[EarlyStoppingConfig] = None
+    checkpoint: Optional[CheckpointConfig] = None
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    drop_last: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    ema: Optional[EmaConfig] = None
+    tta_flip: bool = False
+    device: str = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+    deterministic: bool = False
+    bn_stats: Literal["native", "explicit"] = Field(
+        "native", description="explicit: out-of-place, differentiable BN running stats (what MAGIC replays)")
+    clean_train_eval: bool = Field(False, description="also evaluate eval-mode accuracy on the un-augmented train set")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between resume checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between progress/divergence checks")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith(("cuda", "mps")):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class RunConfig(_Strict):
+    """One training run."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(e: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, [str(p) for p in err["loc"][:-1]])
+            msg = f"unknown key; allowed here: {', '.join(allowed)}"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    cur: Any = model
+    for p in path:
+        field = getattr(cur, "model_fields", {}).get(p)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cur = cand
+                break
+        else:
+            return []
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.1", "train.epochs=3"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.1)")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        set_dotted(out, key, value)
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    data = deep_merge(raw or {}, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, RunConfig)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a RunConfig from YAML (or defaults when ``path`` is None) plus dotted overrides."""
+    return build_config(load_yaml(path) if path else {}, overrides)

@@ -1,0 +1,81 @@
+"""Run directories: train a config into one, and load a finished one back for analysis."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from cnnlab.data import ImageDataset
+from cnnlab.engine.config import ConfigError, RunConfig, build_config
+from cnnlab.engine.setup import RunParts, build_run
+from cnnlab.engine.trainer import Trainer, load_checkpoint, model_from_state
+
+
+@dataclass
+class LoadedRun:
+    """A finished run: the trained model (eval mode), its dataset, config and result record."""
+
+    run_dir: Path
+    model: nn.Module
+    dataset: ImageDataset
+    config: RunConfig
+    result: dict[str, Any]
+    parts: RunParts
+
+    def eval_inputs(self, split: str = "test", start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Clean (eval-transform) inputs of a split, as the model saw them in evaluation."""
+        data = self.dataset.test if split == "test" else self.dataset.train
+        return self.parts.eval_images(data.images, start, len(data) if end is None else end)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    return build_config(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
+def read_result(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str = "last", device: str | None = None, dataset: ImageDataset | None = None) -> LoadedRun:
+    """Rebuild a finished run's model with its trained weights (EMA weights when the run kept an EMA).
+
+    ``checkpoint``: "last" or "best" (the ModelCheckpoint callback's best) or a file name in checkpoints/.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    result = read_result(run_dir)
+    if result is None or result.get("status") != "completed":
+        state = "no result.json" if result is None else f"status {result.get('status')!r}"
+        raise ConfigError(f"{run_dir} is not a finished run ({state}); train or resume it first")
+    if device is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"device": device, "compile": False})})
+    parts = build_run(config, dataset=dataset)
+    if checkpoint == "best":
+        if "best" not in result:
+            raise ConfigError(f"{run_dir} kept no best checkpoint (no callbacks.checkpoint in its config)")
+        path = run_dir / result["best"]["checkpoint"]
+    else:
+        path = run_dir / "checkpoints" / ("last.pt" if checkpoint == "last" else checkpoint)
+    ckpt = load_checkpoint(path)
+    state = ckpt["state"]
+    params = ckpt["ema"] if ckpt.get("ema") is not None else state["params"]
+    model = model_from_state(parts.model, {k: v.to(parts.device) for k, v in params.items()},
+                             {k: v.to(parts.device) for k, v in state["buffers"].items()})
+    return LoadedRun(run_dir, model, parts.dataset, config, result, parts)
+
+
+def train(config: RunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` (resume from its last checkpoint if asked) and return result.json's record."""
+    return Trainer(config, run_dir, progress=progress, **kwargs).fit(resume=resume)
