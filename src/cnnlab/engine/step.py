@@ -74,8 +74,13 @@ class StepOutput:
 GradReducer = Callable[[list[Tensor]], None]
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """Half-precision logits to float32 for the loss; float32/float64 unchanged (float64 replays stay exact)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def per_example_loss(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)
+    return F.cross_entropy(_upcast(logits), y, reduction="none", label_smoothing=label_smoothing)
 
 
 def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -195,9 +200,10 @@ def train_step(
             g_dict, (loss, (logits, buffers)) = torch.func.grad(f, has_aux=True)(state.params, buffers)
             g = [g_dict[n] for n in names]
         elif differentiation == "autograd":
-            params = state.params
-            if not create_graph:
-                params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            if create_graph:  # keep the graph to earlier states; lift plain leaves so grads exist
+                params = {n: p if p.requires_grad else p.detach().requires_grad_(True) for n, p in state.params.items()}
+            else:
+                params = {n: p.detach().requires_grad_(True) for n, p in state.params.items()}
             with torch.enable_grad():
                 loss, (logits, buffers) = forward_loss(model, params, buffers, xm, ym, wm, denom, settings)
                 g = list(torch.autograd.grad(loss * scale if scale is not None else loss, [params[n] for n in names], create_graph=create_graph))
@@ -244,13 +250,38 @@ def _apply_loss_scaling(old: TrainState, new: TrainState, finite: bool, growth_i
     return TrainState(new.params, new.buffers, new.opt_state, new.step, scale, 0 if good >= growth_interval else good)
 
 
+def _bn_eval_formula(m: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - m.running_mean.reshape(shape)) * torch.rsqrt(m.running_var + m.eps).reshape(shape)
+    if m.affine:
+        y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
+    return y
+
+
+@contextlib.contextmanager
+def differentiable_bn_eval(model: nn.Module) -> Iterator[None]:
+    """Eval-mode BatchNorm as an explicit formula, differentiable w.r.t. the running statistics
+    (torch's native kernel is not), so a measurement can see how training moved them."""
+    bns = list(_batchnorms(model).values())
+    for m in bns:
+        m.forward = (lambda x, m=m: _bn_eval_formula(m, x))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in bns:
+            del m.forward
+
+
 def eval_logits(model: nn.Module, params: Params, buffers: dict[str, Tensor], x: Tensor, frozen: dict[str, Tensor] | None = None,
                 autocast_dtype: torch.dtype | None = None, tta_flip: bool = False) -> Tensor:
-    """Eval-mode forward with the given state (``model`` must be in eval mode); optional flip TTA."""
+    """Eval-mode forward with the given state (``model`` must be in eval mode); optional flip TTA.
+
+    Differentiable w.r.t. params and, when they require grad, the BatchNorm running statistics."""
     amp = torch.autocast(device_type=x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     state = ({**(frozen or {}), **params}, buffers)
-    with amp:
-        out = functional_call(model, state, (x,)).float()
+    bn = differentiable_bn_eval(model) if any(b.requires_grad for b in buffers.values()) else contextlib.nullcontext()
+    with amp, bn:
+        out = _upcast(functional_call(model, state, (x,)))
         if tta_flip:
-            out = 0.5 * (out + functional_call(model, state, (x.flip(-1),)).float())
+            out = 0.5 * (out + _upcast(functional_call(model, state, (x.flip(-1),))))
     return out

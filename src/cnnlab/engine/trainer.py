@@ -62,6 +62,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.should_stop = False
         self._elapsed = 0.0
+        self.test_confusion: list[list[int]] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -113,9 +114,9 @@ class Trainer:
             logits = eval_logits(self.model, params, self.state.buffers, x, self.parts.settings.frozen, amp, t.tta_flip)
             acc.update(logits, data.labels[start:end].to(self.parts.device))
         self.model.train()
-        out = acc.summary("test" if split == "test" else "train_clean")
-        self._last_confusion = acc.confusion
-        return out
+        if split == "test":
+            self.test_confusion = acc.confusion.tolist()
+        return acc.summary("test" if split == "test" else "train_clean")
 
     # ----------------------------------------------------------------- training
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -254,7 +255,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "num_params": sum(p.numel() for p in self.state.params.values()),
             "classes": self.parts.dataset.classes,
-            "confusion_matrix": getattr(self, "_last_confusion", None),
+            "confusion_matrix": self.test_confusion,
             "versions": versions(),
         }
         if ckpt_cb and ckpt_cb.best_path:
