@@ -19,11 +19,11 @@ def list_cmd(
 ) -> None:
     """List registered models with family and parameter count at 10 classes."""
     from cnnlab.models import create_model, list_models, model_family, model_info
-    from cnnlab.models.registry import get_entry
+    from cnnlab.models.registry import get_entry, meta_device
 
     rows = []
     for name in list_models(pattern):
-        with _meta_device():
+        with meta_device():
             params = model_info(create_model(name)).total_params
         rows.append({"name": name, "family": model_family(name), "params": params, "description": get_entry(name).description})
     if json_out:
@@ -37,17 +37,19 @@ def list_cmd(
 def info_cmd(
     name: str,
     num_classes: int = typer.Option(10, "--num-classes"),
-    in_channels: int = typer.Option(3, "--in-channels"),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Default: the model's (3 for most)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size; default: 32, or the family minimum."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Parameters, size and output shape of one model."""
+    """Parameters, size and output shape of one model (built on the meta device: instant even for VGG)."""
     from cnnlab.models import UnknownModelError, create_model, model_family, model_info, output_shape
-    from cnnlab.models.registry import get_entry
+    from cnnlab.models.registry import get_entry, meta_device
 
     try:
         entry = get_entry(name)
-        model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+        in_channels = entry.in_channels if in_channels is None else in_channels
+        with meta_device():
+            model = create_model(name, num_classes=num_classes, in_channels=in_channels)
     except (UnknownModelError, ValueError) as e:
         fail(str(e))
     res = resolution or max(32, entry.min_resolution)
@@ -70,16 +72,3 @@ def info_cmd(
         print_json(out)
     else:
         print_table(name, ["field", "value"], list(out.items()))
-
-
-class _meta_device:
-    """Build models on the meta device: parameter counts without allocating ImageNet-size weights."""
-
-    def __enter__(self):
-        import torch
-
-        self._ctx = torch.device("meta")
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

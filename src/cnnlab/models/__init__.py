@@ -3,7 +3,16 @@
 Importing this package registers every family.
 """
 
-from cnnlab.models import simple  # noqa: F401  (registers models)
+from cnnlab.models import (  # noqa: F401  (importing a family module registers its models)
+    airbench,
+    cifar_resnet,
+    mobilenet,
+    resnet,
+    resnet9,
+    simple,
+    simple_resnet,
+    vgg,
+)
 from cnnlab.models.registry import (
     ModelInfo,
     UnknownModelError,
@@ -12,6 +21,7 @@ from cnnlab.models.registry import (
     gradcam_layer,
     list_models,
     masking_layer,
+    meta_device,
     model_family,
     model_info,
     output_shape,
@@ -26,6 +36,7 @@ __all__ = [
     "gradcam_layer",
     "list_models",
     "masking_layer",
+    "meta_device",
     "model_family",
     "model_info",
     "output_shape",

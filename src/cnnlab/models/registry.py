@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from cnnlab.utils.seeding import derive_seed, fork_rng_seeded
 
@@ -22,6 +24,7 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     min_resolution: int = 8
     description: str = ""
+    in_channels: int = 3  # input channels when the caller does not say (e.g. 1 for an EMNIST model)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -40,18 +43,24 @@ def register_model(
     family: str,
     min_resolution: int = 8,
     description: str = "",
+    in_channels: int = 3,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``factory(num_classes, in_channels, **options)`` under ``name``.
 
     ``defaults`` are options baked into this named variant (e.g. ``resnet9_paper`` = ``resnet9``
-    with ``width=2.5``); a caller may still override them.
+    with ``width=2.5``); a caller may still override them. ``in_channels`` is the variant's default
+    input channels, used when ``create_model`` is not given any.
     """
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, factory, family, dict(defaults), min_resolution, description)
+        accepted = _accepted_options(factory)
+        unknown = [k for k in defaults if accepted is not None and k not in accepted]
+        if unknown:
+            raise ValueError(f"model {name!r}: default option(s) {unknown} are not parameters of {factory.__name__}")
+        _REGISTRY[name] = ModelEntry(name, factory, family, dict(defaults), min_resolution, description, in_channels)
         return factory
 
     return deco
@@ -82,9 +91,16 @@ def _accepted_options(factory: Callable[..., nn.Module]) -> list[str] | None:
     return [p.name for p in params if p.name not in ("num_classes", "in_channels")]
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, init: str = "default", **options: Any) -> nn.Module:
-    """Build a registered model. ``init``: default | kaiming | xavier. Bad options raise ValueError."""
+def create_model(
+    name: str, num_classes: int = 10, in_channels: int | None = None, init: str = "default", **options: Any
+) -> nn.Module:
+    """Build a registered model. ``init``: default | kaiming | xavier. Bad options raise ValueError.
+
+    ``in_channels=None`` means the model's registered default (3 unless the variant says otherwise).
+    """
     entry = get_entry(name)
+    if in_channels is None:
+        in_channels = entry.in_channels
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     accepted = _accepted_options(entry.factory)
@@ -176,8 +192,46 @@ def masking_layer(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def output_shape(model: nn.Module, in_channels: int, resolution: int) -> tuple[int, ...]:
+    """Output shape for one ``in_channels x resolution x resolution`` input (on the model's device; meta works)."""
     was_training = model.training
     model.eval()
-    out = model(torch.zeros(1, in_channels, resolution, resolution))
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    out = model(torch.zeros(1, in_channels, resolution, resolution, device=device))
     model.train(was_training)
     return tuple(out.shape)
+
+
+_RANDOM_FILLS = frozenset(
+    [
+        getattr(torch.Tensor, n)
+        for n in ("normal_", "uniform_", "bernoulli_", "cauchy_", "exponential_", "geometric_", "log_normal_", "random_")
+    ]
+    + [
+        getattr(nn.init, n)  # these dispatch as a whole when a mode is active, so are caught before their fills
+        for n in ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+                  "xavier_uniform_", "orthogonal_", "sparse_")
+    ]
+)
+
+
+class _SkipRandomFillsOnMeta(TorchFunctionMode):
+    """Meta tensors hold no values, so random init on them is a no-op we may skip; torch's meta
+    ``normal_`` would otherwise import torch._dynamo (about 1.5 s) on first use."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RANDOM_FILLS:
+            tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes the tensor by keyword
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def meta_device() -> Iterator[None]:
+    """Build models on the meta device: exact shapes and parameter counts, no memory, no init cost.
+
+    A forward pass on meta inputs checks every shape without computing anything.
+    """
+    with torch.device("meta"), _SkipRandomFillsOnMeta():
+        yield
