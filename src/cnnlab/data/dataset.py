@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,28 +60,67 @@ class ImageDataset:
         return self.train.images.shape[-1]
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    x = images.to(torch.float64) / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (float64 sums over chunks: no big copies)."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be N×C×H×W with N >= 1, got {tuple(images.shape)}")
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].to(torch.float64)
+        total += x.sum(dim=(0, 2, 3)).cpu()
+        total_sq += (x * x).sum(dim=(0, 2, 3)).cpu()
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    var = (total_sq - count * mean * mean) / max(count - 1, 1)
+    std = (var.clamp_min(0).sqrt() / 255.0).clamp_min(1e-6)
+    return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std)
 
 
 Loader = Callable[..., ImageDataset]
-_SOURCES: dict[str, Loader] = {}
+SOURCE_KINDS = ("embedded", "download", "procedural", "local")
 
 
-def register_source(name: str) -> Callable[[Loader], Loader]:
+@dataclass(frozen=True)
+class SourceInfo:
+    """A registered source: its loader, a one-line description and how its data is obtained.
+
+    ``kind``: ``embedded`` (ships with a dependency), ``download`` (official files, fetched on request),
+    ``procedural`` (generated from a seed) or ``local`` (the user's own files, given by a ``path`` option).
+    """
+
+    name: str
+    loader: Loader
+    kind: str
+    description: str
+
+
+_SOURCES: dict[str, SourceInfo] = {}
+
+
+def register_source(name: str, *, kind: str = "embedded", description: str | None = None) -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(root: Path, download: bool, **options) -> ImageDataset``."""
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
 
     def deco(fn: Loader) -> Loader:
         if name in _SOURCES:
             raise ValueError(f"dataset source {name!r} is registered twice")
-        _SOURCES[name] = fn
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _SOURCES[name] = SourceInfo(name, fn, kind, description or (doc[0] if doc else ""))
         return fn
 
     return deco
+
+
+def source_info(name: str) -> SourceInfo:
+    """The registration of ``name``; unknown names list close matches."""
+    if name not in _SOURCES:
+        close = difflib.get_close_matches(name, list(_SOURCES), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown dataset {name!r}.{hint} Available: {', '.join(list_datasets())}")
+    return _SOURCES[name]
 
 
 def list_datasets() -> list[str]:
@@ -98,8 +138,38 @@ def default_root() -> Path:
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, **options: Any) -> ImageDataset:
     """Load a registered dataset by name. ``download`` must be asked for explicitly."""
-    if name not in _SOURCES:
-        close = difflib.get_close_matches(name, list(_SOURCES), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r}.{hint} Available: {', '.join(list_datasets())}")
-    return _SOURCES[name](Path(root).expanduser() if root else default_root(), download, **options)
+    info = source_info(name)
+    accepted = source_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
+                         f"accepted: {', '.join(accepted) or 'none'}")
+    return info.loader(Path(root).expanduser() if root else default_root(), download, **options)
+
+
+def source_options(name: str) -> dict[str, Any]:
+    """The options a source accepts, with their defaults (``inspect.Parameter.empty`` when required)."""
+    params = list(inspect.signature(source_info(name).loader).parameters.values())[2:]
+    return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int, instance: str = "split") -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic stratified train/test indices: per class, ``round(test_fraction * n_k)`` examples go to test.
+
+    Classes with a single example stay in train. Order within each part is ascending dataset index.
+    """
+    from cnnlab.utils.seeding import make_generator
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    gen = make_generator(seed, instance)
+    test_parts = []
+    for k in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == k).flatten()
+        n_test = min(int(round(test_fraction * idx.numel())), idx.numel() - 1)
+        if n_test > 0:
+            test_parts.append(idx[torch.randperm(idx.numel(), generator=gen)[:n_test]])
+    is_test = torch.zeros(labels.numel(), dtype=torch.bool)
+    if test_parts:
+        is_test[torch.cat(test_parts)] = True
+    return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()

@@ -1,3 +1,3 @@
 """Dataset sources; importing this package registers each of them."""
 
-from cnnlab.data.sources import digits  # noqa: F401
+from cnnlab.data.sources import cifar, digits, image_folder, mnist, synthetic, tensor_file  # noqa: F401

@@ -10,7 +10,7 @@ import torch
 from cnnlab.data.dataset import ImageDataset, Split, channel_stats, register_source
 
 
-@register_source("digits")
+@register_source("digits", kind="embedded")
 def load_digits(root: Path, download: bool = False, test_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
     """1,797 images 1×8×8 (values 0..16 rescaled to 0..255); a fixed stratified train/test split."""
     from sklearn.datasets import load_digits as sk_load_digits
