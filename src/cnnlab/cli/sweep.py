@@ -1,0 +1,238 @@
+"""``cnnlab sweep plan | status | run | run-one | submit``: expand, inspect and execute sweep files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from cnnlab.cli.common import fail
+from cnnlab.utils.console import console, print_json, print_table
+
+app = typer.Typer(help="Sweeps: grids of runs with a resumable run store and local/SGE/Slurm/Ray executors.",
+                  no_args_is_help=True)
+
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
+
+
+class _BareMlflowCommand(TyperCommand):
+    """Lets ``--mlflow`` stand alone (-> the default sqlite URI) or take a URI: ``--mlflow [URI]``."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--mlflow":
+                nxt = args[i + 1] if i + 1 < len(args) else None
+                if nxt is None or nxt.startswith("-") or (nxt.endswith((".yaml", ".yml")) and Path(nxt).is_file()):
+                    args.insert(i + 1, DEFAULT_MLFLOW_URI)
+                break
+        return super().parse_args(ctx, args)
+
+
+SetOpt = typer.Option(None, "--set", help="key=value applied to every run (e.g. train.epochs=50); repeatable.")
+RootOpt = typer.Option(None, "--root", help="Run-store directory (default: the sweep's root:, else runs/<name>).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+MlflowOpt = typer.Option(None, "--mlflow", metavar="[URI]",
+                         help=f"Log to MLflow; bare --mlflow uses {DEFAULT_MLFLOW_URI}. Put it after SWEEP.")
+
+
+def load_sweep(path: str, set_: Optional[List[str]], root: Optional[Path]):
+    """Load and validate a sweep for a command, or exit with the error naming the bad key."""
+    from cnnlab.engine.config import ConfigError
+    from cnnlab.experiments.sweep import Sweep
+
+    try:
+        return Sweep.load(path, overrides=set_ or [], root=root)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _select(sweep, indices: Optional[str]):
+    try:
+        return sweep.select(indices)
+    except (ValueError, IndexError) as e:
+        fail(f"--indices: {e}")
+
+
+@app.command("plan")
+def plan_cmd(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP", help="Sweep YAML file."),
+    set_: Optional[List[str]] = SetOpt,
+    root: Optional[Path] = RootOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Print the expanded runs (index, name, factors, overrides) without running anything."""
+    sweep = load_sweep(sweep_file, set_, root)
+    rows = sweep.plan()
+    if json_out:
+        print_json({"sweep": sweep.name, "root": str(sweep.root), "total": len(rows), "runs": rows})
+        return
+    names = [f.name for f in sweep.factors]
+    print_table(f"{sweep.name}: {len(rows)} runs under {sweep.root}", ["index", "name", *names, "seed"],
+                [(r["index"], r["name"], *(r["factors"][n] for n in names), r["seed"]) for r in rows])
+
+
+@app.command("status")
+def status_cmd(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP"),
+    set_: Optional[List[str]] = SetOpt,
+    root: Optional[Path] = RootOpt,
+    all_runs: bool = typer.Option(False, "--all", help="List every run, not only those that are not done."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Counts of done / running / failed / diverged / pending runs, and the runs that are not done."""
+    sweep = load_sweep(sweep_file, set_, root)
+    st = sweep.status()
+    if json_out:
+        print_json(st)
+        return
+    c = st["counts"]
+    console.print(f"[bold]{st['sweep']}[/]: {st['total']} runs under {st['root']}  " +
+                  "  ".join(f"{k} {v}" for k, v in c.items()), highlight=False, soft_wrap=True)
+    shown = [r for r in st["runs"] if all_runs or r["status"] != "done"]
+    if shown:
+        print_table(None, ["index", "name", "status", "detail"],
+                    [(r["index"], r["name"], r["status"], r["detail"]) for r in shown])
+
+
+def _report(out) -> None:
+    m = out.metrics
+    metric = f" test_acc {m['test_acc']:.4f}" if "test_acc" in m else ""
+    err = f"  {out.error}" if out.error and out.status == "failed" else ""
+    console.print(f"[{out.index}] {out.status:<8} {out.action:<8} {out.name}{metric} ({out.seconds:.1f} s){err}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> NoReturn | None:
+    st = sweep.status()
+    failed_now = [o for o in outcomes if o.status == "failed" and o.action != "skipped"]
+    if json_out:
+        print_json({**(extra or {}), "outcomes": [o.to_dict() for o in outcomes], "counts": st["counts"],
+                    "total": st["total"]})
+    else:
+        console.print(f"{sweep.name}: " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()), highlight=False, soft_wrap=True)
+    if failed_now:
+        raise typer.Exit(1)
+    return None
+
+
+@app.command("run", cls=_BareMlflowCommand)
+def run_cmd(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: the sweep's executors.local.workers, else 1)."),
+    threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="torch threads per worker (default: cores / workers)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also run the runs that failed before."),
+    indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
+    mlflow: Optional[str] = MlflowOpt,
+    set_: Optional[List[str]] = SetOpt,
+    root: Optional[Path] = RootOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the sweep's unfinished runs on this machine; interrupted runs resume from their last checkpoint."""
+    from cnnlab.experiments.executors import run_local, todo_runs
+
+    sweep = load_sweep(sweep_file, set_, root)
+    runs = todo_runs(sweep, retry_failed=retry_failed, runs=_select(sweep, indices))
+    opts = sweep.spec.executors.local
+    if not json_out:
+        console.print(f"{sweep.name}: {len(runs)} of {len(sweep)} runs to do", highlight=False, soft_wrap=True)
+    try:
+        outcomes = run_local(sweep, runs, workers=workers or opts.workers,
+                             threads_per_worker=threads_per_worker or opts.threads_per_worker,
+                             retry_failed=retry_failed, mlflow_uri=mlflow, on_outcome=None if json_out else _report)
+    except ImportError as e:
+        fail(str(e))
+    _finish(sweep, outcomes, json_out)
+
+
+@app.command("run-one", cls=_BareMlflowCommand)
+def run_one_cmd(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP"),
+    index: int = typer.Option(..., "--index", help="1-based run index (a scheduler's array task id)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for this run."),
+    mlflow: Optional[str] = MlflowOpt,
+    set_: Optional[List[str]] = SetOpt,
+    root: Optional[Path] = RootOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run one run of a sweep (what each cluster task executes). Exits 1 if the run failed."""
+    from cnnlab.experiments.runner import run_one
+
+    sweep = load_sweep(sweep_file, set_, root)
+    if not 1 <= index <= len(sweep):
+        fail(f"--index {index} is out of range: the sweep {sweep.name!r} has runs 1..{len(sweep)}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        out = run_one(sweep, index, retry_failed=retry_failed, mlflow_uri=mlflow)
+    except ImportError as e:
+        fail(str(e))
+    if json_out:
+        print_json(out.to_dict())
+    else:
+        _report(out)
+    if out.status == "failed" and out.action != "skipped":
+        raise typer.Exit(1)
+
+
+@app.command("submit", cls=_BareMlflowCommand)
+def submit_cmd(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP"),
+    executor: str = typer.Option(..., "--executor", help="sge | slurm | ray | local"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Array tasks running at once (-tc K / %K)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write the job script, do not submit it."),
+    retry_failed: bool = typer.Option(False, "--retry-failed"),
+    all_runs: bool = typer.Option(False, "--all", help="One task per run of the sweep (finished runs exit at once) "
+                                  "instead of only the unfinished runs."),
+    indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per task / worker."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="local: worker processes; ray (local cluster): CPUs."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address ('auto', ray://host:port)."),
+    mlflow: Optional[str] = MlflowOpt,
+    set_: Optional[List[str]] = SetOpt,
+    root: Optional[Path] = RootOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Hand the unfinished runs to an executor: write (and qsub/sbatch) a job-array script, or run on Ray."""
+    from cnnlab.experiments.executors import SubmitRequest, get_executor, todo_runs
+
+    try:
+        ex = get_executor(executor)
+    except ValueError as e:
+        fail(f"--executor: {e}")
+    sweep = load_sweep(sweep_file, set_, root)
+    selected = _select(sweep, indices)
+    runs = selected if all_runs else todo_runs(sweep, retry_failed=retry_failed, runs=selected)
+    req = SubmitRequest(runs, retry_failed=retry_failed, mlflow_uri=mlflow, max_concurrent=max_concurrent,
+                        dry_run=dry_run, workers=workers, threads=threads, address=address,
+                        on_outcome=None if json_out else _report)
+    if not runs:
+        if json_out:
+            print_json({"executor": executor, "indices": [], "submitted": False})
+        else:
+            console.print(f"{sweep.name}: nothing to submit (all selected runs are done, running or failed; "
+                          "--retry-failed retries failures)", highlight=False, soft_wrap=True)
+        return
+    try:
+        sub = ex.submit(sweep, req)
+    except (RuntimeError, ImportError) as e:
+        fail(str(e))
+    if sub.outcomes or executor in ("local", "ray") and not dry_run:
+        from cnnlab.experiments.runner import Outcome
+
+        _finish(sweep, [Outcome(**o) for o in sub.outcomes], json_out, {"executor": executor, "indices": sub.indices})
+        return
+    if json_out:
+        print_json(sub.to_dict())
+        return
+    if sub.script:
+        console.print(f"job script ({len(sub.indices)} tasks): {sub.script}", highlight=False, soft_wrap=True)
+    if sub.submitted:
+        console.print(f"submitted with {' '.join(sub.command or [])}: job {sub.job_id}", highlight=False, soft_wrap=True)
+    elif sub.command:
+        console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, soft_wrap=True)

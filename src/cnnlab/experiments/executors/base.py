@@ -1,0 +1,129 @@
+"""Executor registry and what all executors share: the request, the submission record, the task command."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cnnlab.experiments.sweep import Sweep, SweepRun
+
+
+@dataclass
+class SubmitRequest:
+    """What to execute and how. ``runs``: the runs to hand out (normally ``todo_runs``)."""
+
+    runs: list[SweepRun]
+    retry_failed: bool = False
+    mlflow_uri: Optional[str] = None
+    max_concurrent: Optional[int] = None
+    dry_run: bool = False
+    workers: Optional[int] = None
+    threads: Optional[int] = None
+    address: Optional[str] = None
+    on_outcome: Optional[Callable[[Any], None]] = None
+
+
+@dataclass
+class Submission:
+    """What an executor did: a finished local/Ray execution (outcomes) or a written/submitted job script."""
+
+    executor: str
+    indices: list[int]
+    script: Optional[Path] = None
+    command: Optional[list[str]] = None
+    job_id: Optional[str] = None
+    submitted: bool = False
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["script"] = str(self.script) if self.script else None
+        return d
+
+
+class Executor:
+    """Subclass, set ``name`` and implement ``submit``; register with ``@register_executor``."""
+
+    name = ""
+    description = ""
+
+    def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
+        raise NotImplementedError
+
+
+EXECUTORS: dict[str, type[Executor]] = {}
+
+
+def register_executor(cls: type[Executor]) -> type[Executor]:
+    if not cls.name or cls.name in EXECUTORS:
+        raise ValueError(f"executor name {cls.name!r} is empty or registered twice")
+    EXECUTORS[cls.name] = cls
+    return cls
+
+
+def get_executor(name: str) -> Executor:
+    try:
+        return EXECUTORS[name]()
+    except KeyError:
+        raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}") from None
+
+
+def list_executors() -> list[str]:
+    return sorted(EXECUTORS)
+
+
+def todo_runs(sweep: Sweep, *, retry_failed: bool = False, runs: Optional[list[SweepRun]] = None) -> list[SweepRun]:
+    """Runs still to execute: pending (incl. interrupted) ones, plus failed ones when retrying."""
+    wanted = {"pending", "failed"} if retry_failed else {"pending"}
+    return [r for r in (sweep.runs() if runs is None else runs) if r.state().status in wanted]
+
+
+def task_command(sweep: Sweep, request: SubmitRequest, python: Optional[str] = None) -> list[str]:
+    """The ``cnnlab sweep run-one`` command of a cluster task, without ``--index`` (absolute paths throughout)."""
+    cmd = [python or sys.executable, "-m", "cnnlab", "sweep", "run-one", str(sweep.path.resolve()),
+           "--root", str(sweep.root.resolve())]
+    for item in sweep.set_overrides:
+        cmd += ["--set", item]
+    if request.retry_failed:
+        cmd.append("--retry-failed")
+    if request.mlflow_uri:
+        cmd += ["--mlflow", request.mlflow_uri]
+    if request.threads:
+        cmd += ["--threads", str(request.threads)]
+    return cmd
+
+
+def shell_join(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def compress_indices(indices: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> "1-3,5,7-8" (Slurm --array syntax)."""
+    out: list[str] = []
+    idx = sorted(indices)
+    i = 0
+    while i < len(idx):
+        j = i
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        out.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def submit_dir(sweep: Sweep) -> Path:
+    """Where job scripts and scheduler logs go: ``ROOT/_submit`` (logs in ``ROOT/_submit/logs``)."""
+    d = sweep.root.resolve() / "_submit"
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def job_name(sweep: Sweep) -> str:
+    """A scheduler-safe job name (letters first, no spaces or slashes)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", sweep.name) or "sweep"
+    return name if name[0].isalpha() else f"s{name}"

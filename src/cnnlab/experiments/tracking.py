@@ -1,0 +1,188 @@
+"""MLflow sink: a Trainer Callback that logs params, per-epoch metrics, the result and the run's files.
+
+Default tracking URI ``sqlite:///mlflow.db`` (a local file, no server). The MLflow run id is kept in
+``RUN_DIR/mlflow.json`` so a resumed run continues the same MLflow run: params already there are never
+logged again (MLflow forbids changing them), epochs already logged are not logged twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+from cnnlab.engine.callbacks import Callback
+from cnnlab.utils.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from cnnlab.engine.trainer import Trainer
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_FILE = "mlflow.json"
+ARTIFACTS = ("config.yaml", "metrics.jsonl", "result.json")
+_T = TypeVar("_T")
+
+
+def _client(uri: str):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise ImportError("MLflow tracking needs mlflow: pip install 'cnnlab[mlflow]' "
+                          "(mlflow-skinny + sqlalchemy + alembic)") from None
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn: Callable[[], _T], attempts: int = 8) -> _T:
+    """Retry an MLflow call when several workers write one sqlite file at once ("database is locked")."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            if "locked" not in str(e).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**i)
+    raise AssertionError("unreachable")
+
+
+def default_artifact_location(uri: str) -> Optional[str]:
+    """For a sqlite store, keep artifacts next to the database file (``mlartifacts/``) instead of the cwd."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` (created if missing; safe when several workers race to create it)."""
+    client = _client(uri)
+    exp = _retry(lambda: client.get_experiment_by_name(name))
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return _retry(lambda: client.create_experiment(name, artifact_location=default_artifact_location(uri)))
+    except Exception:  # noqa: BLE001  (created by another worker meanwhile)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"optim.lr": "0.001", ...}`` (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_params(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class MLflowCallback(Callback):
+    """Log one Trainer run to MLflow (``tracking_uri``, experiment ``experiment``)."""
+
+    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, *, experiment: str = "cnnlab",
+                 run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None, log_artifacts: bool = True):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.log_artifacts = log_artifacts
+        self.client = _client(tracking_uri)
+        self.run_id: Optional[str] = None
+        self.skipped_params: list[str] = []  # already logged with another value: never overwritten
+        self._logged_steps: set[int] = set()
+        self._run_dir: Optional[Path] = None
+
+    # ----------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: "Trainer") -> None:
+        if not trainer.is_main:
+            return
+        self._run_dir = trainer.run_dir
+        exp_id = ensure_experiment(self.tracking_uri, self.experiment)
+        self.run_id = self._existing_run(exp_id)
+        from mlflow.entities import Param, RunTag
+
+        if self.run_id is None:
+            run = _retry(lambda: self.client.create_run(exp_id, run_name=self.run_name or trainer.config.name, tags=self.tags))
+            self.run_id = run.info.run_id
+            if self._run_dir is not None:
+                write_json_atomic(self._run_dir / RUN_FILE, {"tracking_uri": self.tracking_uri, "experiment_id": exp_id,
+                                                            "run_id": self.run_id})
+            existing: dict[str, str] = {}
+        else:
+            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            data = _retry(lambda: self.client.get_run(self.run_id)).data
+            existing = dict(data.params)
+            history = _retry(lambda: self.client.get_metric_history(self.run_id, "train_loss"))
+            self._logged_steps = {m.step for m in history}
+        params = flatten_params(trainer.config.to_dict())
+        self.skipped_params = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            _retry(lambda chunk=new[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
+        if self.skipped_params:
+            note = ",".join(self.skipped_params)[:5000]
+            _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag("cnnlab.param_conflicts", note)]))
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None:
+        if self.run_id is None or epoch + 1 in self._logged_steps:
+            return
+        self._log_metrics(metrics, step=epoch + 1)
+        self._logged_steps.add(epoch + 1)
+
+    def on_train_end(self, trainer: "Trainer", result: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import RunTag
+
+        summary = {"epochs_completed": result.get("epochs_completed"), "steps": result.get("steps"),
+                   "num_params": result.get("num_params"), **{f"time_{k}": v for k, v in (result.get("timings") or {}).items()}}
+        if "best" in result:
+            summary[f"best_{result['best']['monitor']}"] = result["best"]["value"]
+        self._log_metrics(summary, step=int(result.get("epochs_completed") or 0))
+        status = result.get("status", "completed")
+        _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag("cnnlab.status", status)]))
+        if self.log_artifacts and self._run_dir is not None:
+            for name in ARTIFACTS:
+                path = self._run_dir / name
+                if path.exists():
+                    _retry(lambda p=path: self.client.log_artifact(self.run_id, str(p)))
+        self.close("FINISHED" if status == "completed" else "FAILED")
+
+    def close(self, status: str, error: Optional[str] = None) -> None:
+        """End the MLflow run (FINISHED, FAILED or KILLED), noting ``error`` as a tag."""
+        if self.run_id is None:
+            return
+        from mlflow.entities import RunTag
+
+        if error:
+            _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag("cnnlab.error", error[:5000])]))
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    # ----------------------------------------------------------------- helpers
+    def _existing_run(self, exp_id: str) -> Optional[str]:
+        """The MLflow run this run directory logged to before (resume), if it is in this store and experiment."""
+        if self._run_dir is None:
+            return None
+        from cnnlab.experiments.store import read_json
+
+        rec = read_json(self._run_dir / RUN_FILE)
+        if not rec or rec.get("tracking_uri") != self.tracking_uri or rec.get("experiment_id") != exp_id:
+            return None
+        try:
+            self.client.get_run(rec["run_id"])
+        except Exception:  # noqa: BLE001  (deleted, or a different store at the same URI)
+            return None
+        return rec["run_id"]
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for i in range(0, len(batch), 1000):
+            _retry(lambda chunk=batch[i:i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
