@@ -1,0 +1,179 @@
+"""LDS of MAGIC on MNIST next to TracIn and TRAK, on the same subset models.
+
+Data: the real MNIST test set from /work/shared/data/mnist (t10k IDX files) split into the first 8,000
+images for training and the last 2,000 for testing. A small CNN (BN + GELU + average pooling, SGD
+momentum 0.9, wd 5e-4, batch 200, triangular OneCycle) is trained, MAGIC scores are computed for the
+first ``--targets`` test examples, and every method is validated on ``--models`` subset models per drop
+fraction. ``--variant`` switches to settings that break attribution (ReLU + max pooling, high lr).
+
+    python benchmarks/lds_mnist.py --models 50 --targets 10 --drops 0.01,0.5 --workers 2
+    python benchmarks/lds_mnist.py --variant relu_max --drops 0.01
+
+Results accumulate in ``--root`` (resumable: a killed run continues where it stopped) and the
+"MAGIC LDS on MNIST" section of BENCHMARKS.md is rewritten from everything found there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from cnnlab.attribution.lds import Regime
+from cnnlab.attribution.pipeline import ensure_trained_run, lds_analysis, magic_analysis
+from cnnlab.data import ImageDataset, Split
+from cnnlab.data.dataset import channel_stats
+from cnnlab.data.formats import read_idx_file
+from cnnlab.engine.config import build_config
+from cnnlab.engine.run import read_result
+
+MNIST_DIR = Path("/work/shared/data/mnist")
+SECTION = "## MAGIC LDS on MNIST"
+
+VARIANTS = {
+    "smooth": {"activation": "gelu", "pool": "avg", "batchnorm": True, "lr": 0.05},
+    "relu_max": {"activation": "relu", "pool": "max", "batchnorm": True, "lr": 0.05},
+    "high_lr": {"activation": "gelu", "pool": "avg", "batchnorm": True, "lr": 0.2},
+    "no_bn": {"activation": "gelu", "pool": "avg", "batchnorm": False, "lr": 0.05},
+}
+
+
+def mnist_8k(root: Path = MNIST_DIR) -> ImageDataset:
+    """The MNIST test set split 8,000 train (first) / 2,000 test (last)."""
+    images = read_idx_file(root / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx_file(root / "t10k-labels-idx1-ubyte.gz")
+    x = torch.from_numpy(images.copy())[:, None]
+    y = torch.from_numpy(labels.astype("int64"))
+    train, test = Split(x[:8000], y[:8000]), Split(x[8000:], y[8000:])
+    mean, std = channel_stats(train.images)
+    return ImageDataset("mnist_t10k_8k", train, test, [str(i) for i in range(10)], mean, std,
+                        {"source": str(root), "split": "t10k[:8000] / t10k[8000:]"})
+
+
+def run_config(variant: str, epochs: int, seed: int = 0):
+    v = VARIANTS[variant]
+    return build_config({
+        "name": f"lds_mnist_{variant}",
+        "seed": seed,
+        "model": {"name": "tiny_cnn", "options": {"widths": [16, 32, 64], "activation": v["activation"],
+                                                  "pool": v["pool"], "batchnorm": v["batchnorm"]}},
+        # data.name names the format; the benchmark passes its own 8k/2k split of the t10k files
+        "data": {"name": "mnist"},
+        "optim": {"name": "sgd", "lr": v["lr"], "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "onecycle", "pct_start": 0.5, "anneal_strategy": "linear", "div_factor": 25.0,
+                     "final_div_factor": 1.0},
+        "train": {"epochs": epochs, "batch_size": 200, "bn_stats": "explicit", "device": "cpu"},
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="smooth", choices=sorted(VARIANTS))
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--models", type=int, default=50)
+    ap.add_argument("--targets", type=int, default=10)
+    ap.add_argument("--drops", default="0.01,0.5")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--engine", default="step", choices=["step", "population"])
+    ap.add_argument("--baselines", default="tracin,trak")
+    ap.add_argument("--root", type=Path, default=Path("runs/bench_lds_mnist"))
+    ap.add_argument("--no-md", action="store_true", help="do not rewrite the BENCHMARKS.md section")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    ds = mnist_8k()
+    config = run_config(args.variant, args.epochs)
+    run_dir = args.root / f"{args.variant}-e{args.epochs}"
+    t0 = time.perf_counter()
+    result, reused = ensure_trained_run(config, run_dir, dataset=ds)
+    print(f"[{args.variant}] run {run_dir}: test acc {result['final']['test_acc']:.4f} "
+          f"({'reused' if reused else f'{time.perf_counter() - t0:.0f} s'})", flush=True)
+    t0 = time.perf_counter()
+    magic, reused = magic_analysis(run_dir, targets=range(args.targets), dataset=ds, checkpointing="log")
+    print(f"[{args.variant}] MAGIC {args.targets} targets: {'reused' if reused else f'{time.perf_counter() - t0:.0f} s'}",
+          flush=True)
+    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
+    for drop in [float(d) for d in args.drops.split(",")]:
+        t0 = time.perf_counter()
+        done = [0]
+
+        def progress(d, n, drop=drop):
+            if d - done[0] >= 5 or d == n:
+                done[0] = d
+                print(f"  drop {drop:g}: {d}/{n} subset models ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        summary = lds_analysis(run_dir, Regime(drop, args.models), workers=args.workers, baselines=baselines,
+                               dataset=ds, engine=args.engine, progress=progress)
+        for name, m in summary["methods"].items():
+            print(f"  drop {drop:g} {name:>8}: LDS {m['lds']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] "
+                  f"pearson {m['pearson']:.3f}", flush=True)
+    if not args.no_md:
+        write_markdown(args.root)
+
+
+def collect(root: Path) -> list[dict]:
+    rows = []
+    for run_dir in sorted(p for p in root.glob("*") if (p / "magic.json").is_file()):
+        result = read_result(run_dir) or {}
+        meta = json.loads((run_dir / "magic.json").read_text())
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        for s in sorted(run_dir.glob("lds/*/summary.json")):
+            summary = json.loads(s.read_text())
+            rows.append({"run": run_dir.name, "acc": result.get("final", {}).get("test_acc"),
+                         "opts": cfg["model"]["options"], "lr": cfg["optim"]["lr"], "epochs": cfg["train"]["epochs"],
+                         "targets": len(meta["target_indices"]), **summary["regime"], "methods": summary["methods"]})
+    return rows
+
+
+def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
+    rows = collect(root)
+    if not rows:
+        return
+    lines = [SECTION, "",
+             f"`python benchmarks/lds_mnist.py` — {platform.processor() or platform.machine()}, 2-core shared CPU, "
+             f"torch {torch.__version__}. Data: real MNIST t10k images, first 8,000 train / last 2,000 test. "
+             "tiny_cnn (16/32/64, ~24k params), SGD momentum 0.9, wd 5e-4, batch 200, triangular OneCycle. "
+             "LDS = mean over targets of the Spearman correlation (over subset models) of predicted "
+             "(-sum of dropped scores) and actual test loss; 95% bootstrap CI over targets. TracIn and TRAK "
+             "(traker, 1 checkpoint, proj_dim 512) are scored on the same subset models.", "",
+             "| run | act / pool / BN | lr | epochs | test acc | targets | drop | models | MAGIC LDS [95% CI] | TracIn LDS | TRAK LDS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["methods"]
+
+        def cell(name):
+            if name not in m:
+                return "-"
+            v = m[name]
+            return f"{v['lds']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if name == "magic" else f"{v['lds']:.3f}"
+
+        o = r["opts"]
+        lines.append(f"| {r['run']} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
+                     f"| {r['lr']:g} | {r['epochs']} | {r['acc']:.4f} | {r['targets']} | {r['drop']:g} | {r['models']} "
+                     f"| {cell('magic')} | {cell('tracin')} | {cell('trak')} |")
+    lines.append("")
+    replace_section(path, SECTION, "\n".join(lines))
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Rewrite one '## ' section of a markdown file (append it if missing), leaving the others intact."""
+    from cnnlab.utils.io import write_text_atomic
+
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = text.find(heading + "\n")
+    if start < 0:
+        new = text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
+    else:
+        nxt = text.find("\n## ", start + len(heading))
+        new = text[:start] + body.rstrip("\n") + "\n" + (text[nxt:] if nxt >= 0 else "")
+    write_text_atomic(path, new)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

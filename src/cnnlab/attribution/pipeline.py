@@ -1,0 +1,224 @@
+"""The attribution workflow on an analysis run directory: train (or reuse) the deterministic run,
+compute and save MAGIC scores with plots, compute baselines, and validate any of them by LDS.
+
+The CLI commands ``cnnlab magic`` and ``cnnlab lds`` are thin wrappers around these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import torch
+
+from cnnlab.attribution import baselines as bl
+from cnnlab.attribution.lds import LDSStudy, Regime, population_available, predictions, reset_study
+from cnnlab.attribution.magic import MagicResult, compute_magic, prepare_config
+from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
+from cnnlab.attribution.plots import plot_lds_scatter, plot_proponents
+from cnnlab.attribution.replay import Replay, move_state
+from cnnlab.attribution.store import (Scores, load_baseline, load_external_scores, load_magic, magic_scores,
+                                      read_magic_meta, save_baseline, save_magic)
+from cnnlab.data import ImageDataset, load_dataset
+from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.run import read_result, read_run_config
+from cnnlab.engine.setup import build_run
+from cnnlab.engine.step import TrainState
+from cnnlab.engine.callbacks import Callback
+from cnnlab.engine.trainer import Trainer, load_checkpoint
+
+log = logging.getLogger("cnnlab.attribution")
+
+
+class CutBufferHistory(Callback):
+    """Detach the trainer's buffers at each logged step.
+
+    With ``train.bn_stats: explicit`` the engine's no-graph step returns running statistics that still
+    carry autograd history (they are computed from parameters that required grad), so each step's BN
+    inputs stay alive through the chain (~20 MB per step for the MNIST config). Cutting the chain at
+    every logged step (``train.log_every``) bounds that; a no-op once the step detaches them itself.
+    """
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float | None) -> None:
+        trainer.state.buffers = {k: v.detach() for k, v in trainer.state.buffers.items()}
+
+
+def ensure_trained_run(config: RunConfig, run_dir: str | Path, *, dataset: ImageDataset | None = None,
+                       progress: bool = False) -> tuple[dict[str, Any], bool]:
+    """Train ``config`` (prepared for MAGIC) into ``run_dir``, or reuse the finished run already there.
+
+    Returns (result.json record, reused). A run dir holding a different config is an error.
+    """
+    config = prepare_config(config)
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        existing = read_run_config(run_dir).to_dict()
+        if existing != config.to_dict():
+            diff = ", ".join(_diff_keys(existing, config.to_dict())[:5])
+            raise ConfigError(f"{run_dir} holds a run of another config (differs at {diff}); pick another --out")
+        result = read_result(run_dir)
+        if result is not None and result.get("status") == "completed":
+            return result, True
+        resume = (run_dir / "checkpoints" / "last.pt").is_file()
+        return _trainer(config, run_dir, dataset, progress).fit(resume=resume), False
+    return _trainer(config, run_dir, dataset, progress).fit(), False
+
+
+def _trainer(config: RunConfig, run_dir: Path, dataset: ImageDataset | None, progress: bool) -> Trainer:
+    return Trainer(config, run_dir, dataset=dataset, progress=progress, callbacks=[CutBufferHistory()])
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k} ({va!r} here, {vb!r} asked)")
+    return out
+
+
+def _same_request(meta: dict[str, Any], targets: Sequence[int], measurement: str, dtype: torch.dtype) -> bool:
+    return (meta["target_indices"] == list(targets) and meta["measurement"] == measurement
+            and meta["settings"].get("dtype") == str(dtype).replace("torch.", ""))
+
+
+def magic_analysis(
+    run_dir: str | Path,
+    *,
+    targets: Sequence[int] | None = None,
+    measure: Union[str, Measurement, MeasureFn] = "loss",
+    checkpointing: str = "log",
+    tree_k: int = 4,
+    dtype: torch.dtype = torch.float32,
+    batched: bool = True,
+    offload: bool = False,
+    force: bool = False,
+    plot_columns: Sequence[int] | None = (0, 1, 2, 3),
+    plot_k: int = 6,
+    dataset: ImageDataset | None = None,
+) -> tuple[MagicResult, bool]:
+    """MAGIC scores for the finished run in ``run_dir`` (reused when already computed for the same targets,
+    measurement and dtype, unless ``force``), saved with index metadata and proponent plots.
+    Returns (result, reused)."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    m = get_measurement(measure)
+    ds = dataset or load_run_dataset(config)
+    targets = list(targets) if targets is not None else list(range(min(50, len(ds.test))))
+    meta = read_magic_meta(run_dir)
+    if meta is not None and not force and _same_request(meta, targets, m.name, dtype):
+        return load_magic(run_dir), True
+    result = compute_magic(config, targets=targets, measure=m, checkpointing=checkpointing, tree_k=tree_k,
+                           dtype=dtype, dataset=ds, batched=batched, offload=offload)
+    result.settings["matches_trained_run"] = _matches_checkpoint(run_dir, result.final_state, dtype)
+    if result.settings["matches_trained_run"] is False:
+        log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine or "
+                    "library version?); the scores explain the replayed run", run_dir)
+    save_magic(run_dir, result)
+    if plot_columns:
+        cols = [c for c in plot_columns if c < result.target_indices.numel()]
+        plot_proponents(result.scores, result.train_indices, result.target_indices, ds, cols,
+                        run_dir / "plots" / "proponents.png", k=plot_k, higher_is_better=result.higher_is_better,
+                        measurement=result.measurement)
+    return result, False
+
+
+def load_run_dataset(config: RunConfig) -> ImageDataset:
+    """The dataset a run config names (from the local cache; never downloads)."""
+    try:
+        return load_dataset(config.data.name, root=config.data.root, **config.data.options)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"data.name: cannot load dataset {config.data.name!r}: {e}") from None
+
+
+def _matches_checkpoint(run_dir: Path, state: TrainState | None, dtype: torch.dtype) -> bool | None:
+    path = run_dir / "checkpoints" / "last.pt"
+    if state is None or dtype != torch.float32 or not path.is_file():
+        return None
+    saved = load_checkpoint(path)["state"]["params"]
+    return all(torch.equal(saved[n], p.detach().cpu()) for n, p in state.params.items())
+
+
+def final_state(run_dir: str | Path, config: RunConfig, dataset: ImageDataset | None = None):
+    """(RunParts, final TrainState) of the run: from checkpoints/last.pt when present, else replayed."""
+    parts = build_run(prepare_config(config), dataset=dataset)
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if path.is_file():
+        return parts, move_state(TrainState.from_tensors(load_checkpoint(path)["state"]), parts.device)
+    return parts, Replay(parts).forward()
+
+
+def baseline_scores(run_dir: str | Path, method: str, *, force: bool = False, dataset: ImageDataset | None = None,
+                    proj_dim: int = 512) -> Scores:
+    """Baseline scores (``tracin`` or ``trak``) for MAGIC's targets and measurement, cached in baselines/."""
+    run_dir = Path(run_dir)
+    if method not in bl.BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; available: {', '.join(bl.BASELINES)}")
+    cached = None if force else load_baseline(run_dir, method)
+    magic = load_magic(run_dir)
+    if cached is not None and torch.equal(cached.target_indices, magic.target_indices) and cached.measurement == magic.measurement:
+        return cached
+    parts, state = final_state(run_dir, read_run_config(run_dir), dataset)
+    if method == "trak":
+        s = bl.trak_scores(parts, state, magic.train_indices, magic.target_indices, magic.measurement,
+                           work_dir=run_dir / "baselines" / "trak_work", proj_dim=proj_dim)
+    else:
+        s = bl.tracin_scores(parts, state, magic.train_indices, magic.target_indices, magic.measurement)
+    save_baseline(run_dir, s)
+    return s
+
+
+def lds_analysis(
+    run_dir: str | Path,
+    regime: Regime,
+    *,
+    workers: int = 1,
+    scores_files: Sequence[str | Path] = (),
+    baselines: Sequence[str] = ("tracin",),
+    force: bool = False,
+    dataset: ImageDataset | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    bootstrap: int = 2000,
+    engine: str | None = None,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Validate MAGIC (and baselines, and external score files) by LDS on one regime's subset models.
+
+    Subset models are trained only when missing (``force`` retrains them); a finished study with no new
+    score sets is returned as stored. ``engine``: "population" (default when cnnlab.population is
+    installed) or "step" (see :meth:`LDSStudy.train`).
+    """
+    run_dir = Path(run_dir)
+    magic = load_magic(run_dir)
+    config = read_run_config(run_dir)
+    if force:
+        reset_study(run_dir, regime)
+    ds = dataset or load_run_dataset(config)
+    study = LDSStudy(run_dir, regime, config=config, train_indices=magic.train_indices,
+                     targets=magic.target_indices.tolist(), measure=magic.measurement,
+                     num_train=len(ds.train), dataset=ds)
+    existing = study.summary()
+    wanted = ["magic", *baselines, *(f"external:{Path(f).stem}" for f in scores_files)]
+    if existing is not None and not force and all(w in existing["methods"] for w in wanted) and not study.pending():
+        return existing
+    engine = engine or ("population" if population_available() else "step")
+    study.train(workers=workers, progress=progress, engine=engine, backend=backend)
+    ms = magic_scores(magic)
+    methods: dict[str, Scores] = {"magic": ms}
+    for b in baselines:
+        if b == "trak" and not bl.trak_available():
+            log.warning("LDS: skipping TRAK (the optional package traker is not installed)")
+            continue
+        methods[b] = baseline_scores(run_dir, b, dataset=ds)
+    for f in scores_files:
+        methods[f"external:{Path(f).stem}"] = load_external_scores(f, ms)
+    summary = study.evaluate(methods, bootstrap=bootstrap)
+    actual = study.actual()
+    stats = summary["methods"]["magic"]
+    plot_lds_scatter(predictions(ms.scores, study.keep), actual, stats["spearman_per_target"], study.targets,
+                     study.dir / "scatter_magic.png", method="magic",
+                     title=f"MAGIC LDS {stats['lds']:.3f} (drop {regime.drop:g}, {regime.models} models)")
+    return summary

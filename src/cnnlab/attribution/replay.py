@@ -1,0 +1,298 @@
+"""REPLAY: exact reverse-mode differentiation through a whole deterministic training run.
+
+The run is ``state_{t+1} = train_step(state_t, batch_t, w[batch_t.index], lr(t))`` for t < T, with every
+batch recomputable (``loader.batch(epoch, i)``). Reversing step t recomputes it from a stored state_t
+with ``create_graph=True`` and takes one vector-Jacobian product: the cotangent of state_t and the
+contribution to d phi / d w for the batch's examples. K measurements share one replay (batched
+cotangents through ``is_grads_batched``, else K VJPs on one retained graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from cnnlab.attribution.checkpointing import Checkpointing, make_checkpointing
+from cnnlab.data.batches import Batch
+from cnnlab.engine.setup import RunParts
+from cnnlab.engine.step import TrainState, train_step
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The differentiable tensors of a TrainState, in a fixed order: params, optimizer state, float buffers.
+
+    Integer buffers (BatchNorm's ``num_batches_tracked``) and the step counter are carried along as
+    constants: nothing is differentiated through them.
+    """
+
+    params: tuple[str, ...]
+    opt: tuple[tuple[str, str], ...]
+    buffers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, state: TrainState) -> "StateLayout":
+        return cls(tuple(state.params), tuple((n, k) for n, s in state.opt_state.items() for k in s),
+                   tuple(n for n, b in state.buffers.items() if b.is_floating_point()))
+
+    def flatten(self, state: TrainState) -> list[Tensor]:
+        return ([state.params[n] for n in self.params] + [state.opt_state[n][k] for n, k in self.opt]
+                + [state.buffers[n] for n in self.buffers])
+
+    def rebuild(self, tensors: list[Tensor], like: TrainState) -> TrainState:
+        """A TrainState with ``tensors`` in the differentiable slots and ``like``'s constants elsewhere."""
+        it = iter(tensors)
+        params = {n: next(it) for n in self.params}
+        opt: dict[str, dict[str, Tensor]] = {n: {} for n in like.opt_state}
+        for n, k in self.opt:
+            opt[n][k] = next(it)
+        buffers = dict(like.buffers)
+        for n in self.buffers:
+            buffers[n] = next(it)
+        return TrainState(params, buffers, opt, like.step, like.loss_scale, like.good_steps)
+
+    def leaves(self, state: TrainState) -> tuple[list[Tensor], TrainState]:
+        """Fresh leaves requiring grad (detached from any earlier graph) and the state built on them."""
+        leaves = [t.detach().requires_grad_(True) for t in self.flatten(state)]
+        return leaves, self.rebuild(leaves, state)
+
+
+def state_nbytes(state: TrainState) -> int:
+    tensors = list(state.params.values()) + list(state.buffers.values())
+    tensors += [t for s in state.opt_state.values() for t in s.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def move_state(state: TrainState, device: torch.device) -> TrainState:
+    def mv(d):
+        return {k: (mv(v) if isinstance(v, dict) else v.detach().to(device)) for k, v in d.items()}
+
+    return TrainState(mv(state.params), mv(state.buffers), mv(state.opt_state), state.step, state.loss_scale, state.good_steps)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process: VmHWM on Linux (ru_maxrss carries the parent's peak over
+    fork + exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class ReplayStats:
+    """What a replay cost: steps run, states kept, memory, wall time, and which VJP path ran."""
+
+    checkpointing: str
+    steps: int
+    targets: int = 0
+    forward_steps: int = 0      # steps run without a graph (the first forward pass included)
+    recomputed_steps: int = 0   # forward_steps beyond the first pass
+    reverse_steps: int = 0      # steps recomputed with a graph and differentiated
+    peak_stored_states: int = 0
+    state_bytes: int = 0
+    peak_stored_bytes: int = 0
+    cuda_peak_bytes: int | None = None
+    max_rss_bytes: int | None = None  # peak RSS of the process (CPU)
+    vjp_path: str = ""
+    forward_s: float = 0.0
+    reverse_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+MeasureState = Callable[[TrainState], Tensor]
+
+
+class Replay:
+    """Forward and reverse passes through the run described by ``parts`` (see the module doc).
+
+    ``dtype``: float32 (bitwise the Trainer's run on CPU) or float64 (for exactness checks); the model,
+    data and weights are converted. ``weights``: per-example training weights (N_train,), ones by
+    default; the step's weights are ``weights[batch.index]``. ``offload``: keep stored states on the CPU.
+    ``batched``: push K cotangents through one ``is_grads_batched`` VJP (falls back to K VJPs on one graph).
+    """
+
+    def __init__(self, parts: RunParts, *, dtype: torch.dtype = torch.float32, weights: Tensor | None = None,
+                 checkpointing: str | Checkpointing = "log", tree_k: int = 4, offload: bool = False,
+                 batched: bool = True):
+        self.parts = parts
+        self.model = parts.model
+        self.device = parts.device
+        self.dtype = dtype
+        self.loader = parts.train_loader
+        if dtype != torch.float32:
+            self.model.to(dtype)
+            self.loader.dtype = dtype
+        self.settings = dataclasses.replace(
+            parts.settings, frozen={n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad})
+        n = len(parts.dataset.train)
+        w = torch.ones(n, dtype=dtype) if weights is None else weights.detach().to(dtype)
+        if w.shape != (n,):
+            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+        self.weights = w.to(self.device)
+        self.strategy = make_checkpointing(checkpointing, tree_k)
+        self.offload = offload and self.device.type != "cpu"
+        self.batched = batched
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * parts.config.train.epochs
+        self._store: dict[int, TrainState] = {}
+        self.stats = ReplayStats(self.strategy.describe(), self.total_steps)
+
+    # ------------------------------------------------------------------ the run, forwards
+    def initial_state(self) -> TrainState:
+        return TrainState.from_model(self.model, self.settings.optimizer)
+
+    def batch(self, t: int) -> Batch:
+        return self.loader.batch(t // self.steps_per_epoch, t % self.steps_per_epoch)
+
+    def step(self, state: TrainState, t: int) -> TrainState:
+        """Step t without a graph: what the Trainer does."""
+        b = self.batch(t)
+        new, _ = train_step(self.model, state, b.x, b.y, self.weights[b.index], self.parts.schedule.lr(t), self.settings)
+        self.stats.forward_steps += 1
+        # explicit BN statistics are computed from params that required grad: cut that history, or every
+        # stored state would keep its step's activations alive
+        return TrainState(new.params, {k: v.detach() for k, v in new.buffers.items()}, new.opt_state, new.step,
+                          new.loss_scale, new.good_steps)
+
+    def forward(self, state: TrainState | None = None, start: int = 0, end: int | None = None,
+                keep: set[int] | frozenset[int] = frozenset()) -> TrainState:
+        """Run steps [start, end) from ``state`` (state ``start``); store the states at positions in ``keep``."""
+        self.model.train()
+        s = self.initial_state() if state is None else state
+        end = self.total_steps if end is None else end
+        if start in keep and start not in self._store:
+            self._put(start, s)
+        for t in range(start, end):
+            s = self.step(s, t)
+            if t + 1 in keep and t + 1 not in self._store:
+                self._put(t + 1, s)
+        return s
+
+    # ------------------------------------------------------------------ the run, backwards
+    def metagradient(self, measure: MeasureState, num_targets: int) -> tuple[Tensor, Tensor, TrainState]:
+        """d phi / d w for the K-vector measurement ``measure(final state)``.
+
+        Returns (tau K×N_train over dataset indices, phi (K,), the final state).
+        """
+        self.stats.targets = num_targets
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        T = self.total_steps
+        self._store.clear()
+        s0 = self.initial_state()
+        self._put(0, s0)
+        final = self.forward(s0, 0, T, keep=set(self._needed(0, T, 0)))
+        first_forward = self.stats.forward_steps
+        t1 = time.perf_counter()
+        self.layout = StateLayout.of(final)
+        phi, cot = self._measure_vjp(measure, final, num_targets)
+        self.tau = torch.zeros(num_targets, self.weights.shape[0], dtype=self.dtype, device=self.device)
+        self._reverse(0, T, 0, cot)
+        self._store.clear()
+        self.stats.recomputed_steps = self.stats.forward_steps - first_forward
+        self.stats.forward_s = t1 - t0
+        self.stats.reverse_s = time.perf_counter() - t1
+        if self.device.type == "cuda":
+            self.stats.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        self.stats.max_rss_bytes = peak_rss_bytes()
+        return self.tau, phi.detach(), final
+
+    def _needed(self, a: int, b: int, depth: int) -> list[int]:
+        starts = self.strategy.split(a, b, depth)
+        return list(range(a, b)) if starts is None else starts
+
+    def _reverse(self, a: int, b: int, depth: int, cot: list[Tensor]) -> list[Tensor]:
+        starts = self.strategy.split(a, b, depth)
+        needed = list(range(a, b)) if starts is None else starts
+        missing = [p for p in needed if p not in self._store]
+        if missing:
+            self.forward(self._get(a), a, max(missing), keep=set(missing))
+        if starts is None:
+            for t in range(b - 1, a - 1, -1):
+                cot = self._vjp_step(t, self._pop(t), cot)
+            return cot
+        bounds = starts + [b]
+        for j in range(len(starts) - 1, -1, -1):
+            cot = self._reverse(bounds[j], bounds[j + 1], depth + 1, cot)
+        return cot
+
+    def _put(self, t: int, state: TrainState) -> None:
+        self._store[t] = move_state(state, torch.device("cpu")) if self.offload else state
+        if not self.stats.state_bytes:
+            self.stats.state_bytes = state_nbytes(state)
+        self.stats.peak_stored_states = max(self.stats.peak_stored_states, len(self._store))
+        self.stats.peak_stored_bytes = self.stats.peak_stored_states * self.stats.state_bytes
+
+    def _get(self, t: int) -> TrainState:
+        s = self._store[t]
+        return move_state(s, self.device) if self.offload else s
+
+    def _pop(self, t: int) -> TrainState:
+        s = self._get(t)
+        del self._store[t]
+        return s
+
+    def _measure_vjp(self, measure: MeasureState, final: TrainState, k: int) -> tuple[Tensor, list[Tensor]]:
+        leaves, s = self.layout.leaves(final)
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                phi = measure(s)
+        finally:
+            self.model.train()
+        if phi.shape != (k,):
+            raise ValueError(f"the measurement returned shape {tuple(phi.shape)}, expected ({k},)")
+        eye = torch.eye(k, dtype=phi.dtype, device=phi.device)
+        grads = self._vjp([phi], leaves, [eye], k)
+        return phi, grads
+
+    def _vjp_step(self, t: int, state: TrainState, cot: list[Tensor]) -> list[Tensor]:
+        leaves, s = self.layout.leaves(state)
+        b = self.batch(t)
+        w = self.weights[b.index].detach().requires_grad_(True)
+        with torch.enable_grad():
+            new, _ = train_step(self.model, s, b.x, b.y, w, self.parts.schedule.lr(t), self.settings, create_graph=True)
+        grads = self._vjp(self.layout.flatten(new), leaves + [w], cot, len(cot[0]) if cot else 0)
+        self.tau.index_add_(1, b.index, grads[-1].to(self.tau.dtype))
+        self.stats.reverse_steps += 1
+        return grads[:-1]
+
+    def _vjp(self, outputs: list[Tensor], inputs: list[Tensor], cot: list[Tensor], k: int) -> list[Tensor]:
+        """Σ_out cot_k · d out / d inputs for each of the K cotangent rows -> one (K, *input) tensor per input."""
+        pairs = [(o, c) for o, c in zip(outputs, cot) if o.requires_grad]
+        outs, cots = [p[0] for p in pairs], [p[1] for p in pairs]
+        grads: list[Tensor | None] | None = None
+        if k == 1:
+            self.stats.vjp_path = "single"
+            grads = [g if g is None else g[None] for g in torch.autograd.grad(
+                outs, inputs, [c[0] for c in cots], allow_unused=True)]
+        elif self.batched and self.stats.vjp_path in ("", "batched"):
+            try:
+                # retain the graph so that a failure part-way can still fall back to looped VJPs on it
+                grads = list(torch.autograd.grad(outs, inputs, cots, is_grads_batched=True, allow_unused=True,
+                                                 retain_graph=True))
+                self.stats.vjp_path = "batched"
+            except RuntimeError as e:  # an op without a batching rule for its double backward
+                self.stats.vjp_path = f"looped (is_grads_batched failed: {str(e).splitlines()[0][:160]})"
+        if grads is None:
+            if not self.stats.vjp_path:
+                self.stats.vjp_path = "looped"
+            rows = [torch.autograd.grad(outs, inputs, [c[i] for c in cots], allow_unused=True, retain_graph=i < k - 1)
+                    for i in range(k)]
+            grads = [None if rows[0][j] is None else torch.stack([r[j] for r in rows]) for j in range(len(inputs))]
+        return [torch.zeros((k, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
+                for g, x in zip(grads, inputs)]
