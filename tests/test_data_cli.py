@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 
-from data_fakes import LoopbackServer, fake_mnist, md5
+from data_fakes import LoopbackServer, fake_cifar100, fake_mnist, md5
 
 runner = CliRunner()
 
@@ -92,3 +92,19 @@ def test_info_of_missing_dataset_and_bad_usage(tmp_path):
     bad.write_text("[1, 2]")
     res = runner.invoke(app, ["data", "download", "mnist", "--checksums", str(bad)])
     assert res.exit_code == 2 and "must map file names to checksums" in _text(res)
+
+
+def test_info_reports_cache_state_with_default_options(tmp_path):
+    data, _ = fake_cifar100()
+    folder = tmp_path / "raw" / "cifar100"
+    folder.mkdir(parents=True)
+    (folder / "cifar-100-python.tar.gz").write_bytes(data)
+    sums = tmp_path / "sums.yaml"
+    sums.write_text(f"cifar-100-python.tar.gz: '{md5(data)}'\n")
+    args = ["data", "info", "cifar100", "--root", str(tmp_path), "--checksums", str(sums), "--json"]
+    first = _json(runner.invoke(app, args))  # decodes from the verified file placed by hand, then caches
+    assert first["files"][0]["verifies"] is True and first["num_classes"] == 100 and first["status"] == "downloaded"
+    again = _json(runner.invoke(app, args))
+    assert again["status"] == "cached" and again["cache"]["present"]
+    coarse = _json(runner.invoke(app, args + ["-o", "labels=coarse"]))
+    assert coarse["status"] == "downloaded" and coarse["num_classes"] == 20

@@ -151,3 +151,12 @@ def test_bad_mirror_and_override_are_named(tmp_path):
         load_dataset("mnist", tmp_path, checksums={"nope.gz": "md5:" + "0" * 32})
     with pytest.raises(ValueError, match="checksum for t10k-images-idx3-ubyte.gz must be"):
         load_dataset("mnist", tmp_path, checksums={"t10k-images-idx3-ubyte.gz": "md5:xyz"})
+
+
+def test_complete_partial_file_is_verified_and_kept(server, payload, tmp_path):
+    """A .part that already holds the whole file (killed before the rename): the server answers 416."""
+    server.serve("d", "f.bin", payload)
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(payload)
+    download_file(f"{server.url}/d/f.bin", dest, _sum(payload))
+    assert dest.read_bytes() == payload and server.gets("f.bin") == [f"bytes={len(payload)}-"]

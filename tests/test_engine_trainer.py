@@ -66,10 +66,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path):
     overrides = ["train.epochs=12", "train.batch_size=32", "train.threads=1", "model.options.widths=[8,16]"]
-    ref = Trainer(load_config(None, overrides), None, progress=False)
-    ref.fit()
+    base = [sys.executable, "-m", "cnnlab", "train", *overrides, "--no-progress", "--out"]
+    subprocess.run(base + [str(tmp_path / "ref")], check=True, capture_output=True)
+    ref_params = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)["state"]["params"]
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "cnnlab", "train", *overrides, "--out", str(run), "--no-progress"]
+    cmd = base + [str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
@@ -81,7 +82,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path):
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    for n, p in ref.state.params.items():
+    for n, p in ref_params.items():
         assert torch.equal(ckpt["state"]["params"][n], p), n
     lines = [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()]
     assert lines == list(range(1, 13))

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from cnnlab.cli import data as _data
+from cnnlab.cli import explain as _explain
+from cnnlab.cli import lds as _lds
+from cnnlab.cli import magic as _magic
+from cnnlab.cli import mi as _mi
 from cnnlab.cli import models as _models
+from cnnlab.cli import plot as _plot
+from cnnlab.cli import population as _population
+from cnnlab.cli import profile as _profile
+from cnnlab.cli import results as _results
+from cnnlab.cli import runs as _runs
+from cnnlab.cli import sweep as _sweep
 from cnnlab.cli import train as _train
 
 app = typer.Typer(
@@ -15,7 +26,18 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(_models.app, name="models")
+app.add_typer(_data.app, name="data")
 app.command("train")(_train.train_cmd)
+app.add_typer(_sweep.app, name="sweep")
+app.command("results")(_results.results_cmd)
+app.command("plot")(_plot.plot_cmd)
+app.add_typer(_explain.app, name="explain")
+app.command("mi")(_mi.mi_cmd)
+app.command("profile")(_profile.profile_cmd)
+app.command("magic")(_magic.magic_cmd)
+app.command("lds")(_lds.lds_cmd)
+app.add_typer(_runs.app, name="runs")
+app.add_typer(_population.app, name="population")
 
 
 def main() -> None:

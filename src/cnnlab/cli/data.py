@@ -132,7 +132,7 @@ def info_cmd(
             if sums is not None:
                 opts["checksums"] = sums
             files = file_status(name, base, checksums=sums, verify=verify)
-            cache = remote_cache_path(name, base, {k: v for k, v in opts.items() if k != "checksums"}, sums)
+            cache = remote_cache_path(name, base, {k: v for k, v in (defaults | opts).items() if k != "checksums"}, sums)
             out["files"] = files
             out["cache"] = {"path": str(cache), "present": cache.exists()}
             loadable = cache.exists() or all(f["present"] and f["verifies"] is not False for f in files)

@@ -128,16 +128,20 @@ def _resize(x: torch.Tensor, size: int | None, mode: str) -> torch.Tensor:
     return y.clamp_(0.0, 1.0) if mode == "bicubic" else y
 
 
-def _stats_tensor(values: tuple[float, ...], channels: int, name: str, data_channels: int,
-                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if len(values) == 1:
-        values = values * channels
-    elif len(values) != channels:
+def _check_stats_len(values: tuple[float, ...], channels: int, name: str, data_channels: int) -> None:
+    if len(values) not in (1, channels):
         hint = ""
         if len(values) == data_channels:
             hint = (f"; these look like the data's {data_channels}-channel stats — compute stats of the converted "
                     f"images with cnnlab.data.augment.converted_stats(images, channels={channels})")
         raise ValueError(f"{name} has {len(values)} values but the images have {channels} channels after conversion{hint}")
+
+
+def _stats_tensor(values: tuple[float, ...], channels: int, name: str, data_channels: int,
+                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    _check_stats_len(values, channels, name, data_channels)
+    if len(values) == 1:
+        values = values * channels
     return torch.tensor(values, dtype=dtype, device=device).view(1, channels, 1, 1)
 
 
@@ -164,18 +168,34 @@ def normalize(
     _check_int("resize", resize, 1, allow_none=True)
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    return _transform(images, mean_t, std_t, resize, resize_mode, channels, dtype, channels_last, None)
+
+
+def _transform(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], resize: int | None,
+               resize_mode: str, channels: int | None, dtype: torch.dtype, channels_last: bool,
+               cache: dict | None) -> torch.Tensor:
+    """:func:`normalize` without argument checks; ``cache`` keeps the per-device scale/shift tensors."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
     data_c = images.shape[1]
     out_c = _output_channels(data_c, channels)
-    m = _stats_tensor(mean_t, out_c, "mean", data_c, work, images.device)
-    s = _stats_tensor(std_t, out_c, "std", data_c, work, images.device)
+    direct = out_c == data_c and resize is None  # normalise straight from 0..255: x * 1/(255 std) - mean/std
+    key = (images.device, work, data_c, out_c, direct)
+    affine = cache.get(key) if cache is not None else None
+    if affine is None:
+        m = _stats_tensor(mean, out_c, "mean", data_c, torch.float64, torch.device("cpu"))
+        s = _stats_tensor(std, out_c, "std", data_c, torch.float64, torch.device("cpu"))
+        scale = 1.0 / (255.0 * s) if direct else 1.0 / s
+        affine = (scale.to(images.device, work), (m / s).to(images.device, work))
+        if cache is not None:
+            cache[key] = affine
+    scale, shift = affine
     x = images.to(work)
-    if out_c != data_c or resize is not None:
+    if direct:
+        x = x.mul_(scale).sub_(shift)
+    else:
         x = _convert_channels(x.mul_(1.0 / 255.0), channels)
         x = _resize(x, resize, resize_mode)
-        x = (x - m) / s
-    else:  # fused: x/255 - mean, / std in two in-place ops
-        x = x.mul_(1.0 / 255.0).sub_(m).div_(s)
+        x = x.mul(scale).sub_(shift)
     x = x.to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -265,6 +285,7 @@ class Augment:
         self.resize_mode = resize_mode
         self.channels = channels
         self.seed = seed
+        self._affine: dict = {}  # (device, dtype, channels) -> normalisation scale/shift tensors
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -303,7 +324,9 @@ class Augment:
         _, oh, ow = self.output_shape(shape)
         if self.cutout > min(oh, ow):
             raise ValueError(f"cutout={self.cutout} is larger than the {oh}×{ow} output images")
-        _stats_tensor(self.mean, _output_channels(c, self.channels), "mean", c, torch.float32, torch.device("cpu"))
+        out_c = _output_channels(c, self.channels)
+        _check_stats_len(self.mean, out_c, "mean", c)
+        _check_stats_len(self.std, out_c, "std", c)
 
     def sample(self, shape: Sequence[int], *, generator: torch.Generator, epoch: int, index: torch.Tensor) -> AugmentParams:
         """Draw the random parameters for a batch of uint8 images of ``shape`` (B, C, H, W).
@@ -344,8 +367,7 @@ class Augment:
             x = self._crop_flip(x, crop, flip)
         elif flip is not None:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        x = normalize(x, self.mean, self.std, resize=self.resize, resize_mode=self.resize_mode,
-                      channels=self.channels, dtype=dtype)
+        x = _transform(x, self.mean, self.std, self.resize, self.resize_mode, self.channels, dtype, False, self._affine)
         if params.cutout is not None:
             x.masked_fill_(self._cutout_mask(x, params.cutout.to(dev)), 0.0)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -360,8 +382,11 @@ class Augment:
     def eval_transform(self, x_uint8: torch.Tensor, *, dtype: torch.dtype = torch.float32,
                        channels_last: bool = False) -> torch.Tensor:
         """The deterministic part only (channels, resize, normalisation)."""
-        return normalize(x_uint8, self.mean, self.std, resize=self.resize, resize_mode=self.resize_mode,
-                         channels=self.channels, dtype=dtype, channels_last=channels_last)
+        _check_images(x_uint8)
+        _check_float_dtype(dtype)
+        self.validate_shape(x_uint8.shape)
+        return _transform(x_uint8, self.mean, self.std, self.resize, self.resize_mode, self.channels, dtype,
+                          channels_last, self._affine)
 
     def _crop_flip(self, x: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
         """Padded random crop (+ optional flip) as one gather of source pixels; padding is computed, not built."""
