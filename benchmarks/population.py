@@ -6,7 +6,7 @@ process), ``vmap``, ``procs`` (one process per core, one thread each) and ``auto
 probe). Every member has its own initial weights and data order. Data: 28x28 MNIST test images from
 /work/shared/data/mnist when present, else synthetic 28x28 images. Goal: auto >= 1.5x sequential.
 
-    python benchmarks/population.py [--members 16] [--models tiny_cnn simple_cnn] [--examples 1024]
+    python benchmarks/population.py [--members 16] [--models tiny_cnn simple_cnn] [--examples 512]
                                     [--batch 64] [--epochs 1] [--no-write]
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--models", nargs="+", default=["tiny_cnn", "simple_cnn"])
-    ap.add_argument("--examples", type=int, default=1024)
+    ap.add_argument("--examples", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
@@ -122,6 +122,10 @@ def main() -> None:
     machine = (f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__} "
                f"({torch.get_num_threads()} threads), Python {platform.python_version()}; 1-min load average "
                f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine is shared)")
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
     lines = [
         f"M={args.members} members, each with its own initial weights and data order; {data_desc}, batch "
         f"{args.batch}, {args.epochs} epoch(s) ({args.examples // args.batch} steps per member), SGD momentum 0.9. "
@@ -144,6 +148,21 @@ def main() -> None:
             c = r["choice"]
             probe = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in c["seconds_per_step"].items())
             lines.append(f"\n`auto` on {r['model']}: probe per population step {probe}; {c['reason']}.")
+    lines.append("")
+    for model in args.models:
+        by = {r["variant"].split(" ")[0] if not r["variant"].startswith("sequential") else r["variant"]: r for r in rows
+              if r["model"] == model}
+        auto = next(r for r in rows if r["model"] == model and r["variant"].startswith("auto"))
+        one = by.get("sequential (1 thread)")
+        lines.append(f"- {model}: auto ({auto['variant'].split()[-1]}) {auto['speedup']:.2f}x the default sequential run"
+                     + (f", {one['seconds'] / auto['seconds']:.2f}x sequential on one thread." if one else "."))
+    if load_before[0] > cores or load_after[0] > cores:
+        lines.append(
+            f"- The machine was busy (load above its {cores} cores). Two-thread runs then lose most of their time "
+            "to contention, which is most of the gap between the default sequential run and one-thread "
+            "workers" + ("; and with Linux autogroup scheduling on (it is), all processes of one session share "
+                         "one CPU share, so extra worker processes add no CPU time against other sessions' load "
+                         "- on an idle machine `procs` also gains the second core." if autogroup else "."))
     body = "\n".join(lines)
     print("\n" + body)
     if not args.no_write:

@@ -162,3 +162,16 @@ def test_recalibrate_bn_equals_cumulative_batch_average():
     torch.testing.assert_close(new["features.1.running_mean"], means, rtol=1e-5, atol=1e-6)
     assert int(new["features.1.num_batches_tracked"]) == 3
     assert torch.equal(buffers["features.1.running_mean"], model.features[1].running_mean)  # input untouched
+
+
+def test_state_dict_roundtrip_select_and_weights_only_load(tmp_path):
+    pop = Population.create("tiny_cnn", 3, master_seed=1, in_channels=1)
+    torch.save(pop.state_dict(), tmp_path / "pop.pt")
+    back = Population.from_state_dict(create_deterministic_model(9, "tiny_cnn", "other", in_channels=1),
+                                      torch.load(tmp_path / "pop.pt", weights_only=True))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), pop(x), rtol=0, atol=0)
+        sub = pop.select([2, 0])
+        torch.testing.assert_close(sub(x), pop(x)[[2, 0]], rtol=0, atol=0)
+    assert back.trainable == pop.trainable and "Population(SmallCNN x 2" in repr(sub)

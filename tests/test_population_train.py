@@ -161,8 +161,11 @@ def test_auto_records_its_probe_and_dropout_runs_are_reproducible(digits):
     auto = train_population(models, loader, settings, backend="auto", workers=1, **kw)
     c = auto.choice
     assert c["backend"] == auto.backend in ("vmap", "loop")
-    assert set(c["seconds_per_step"]) == {"vmap", "loop"} and c["probe_members"] == 2
+    assert set(c["seconds_per_step"]) | set(c["skipped"]) == {"vmap", "loop"} and c["probe_members"] == 2
+    assert c["backend"] in c["estimated_total_s"]
     assert all(v > 0 for v in c["estimated_total_s"].values())
+    again = train_population(models, loader, settings, backend="auto", workers=1, **kw)
+    assert again.choice["cached"] and again.backend == auto.backend  # probed once per setting and process
     for backend in ("loop", "vmap"):
         a = train_population(models, loader, settings, backend=backend, **kw)
         b = train_population(models, loader, settings, backend=backend, **kw)
@@ -194,6 +197,8 @@ def test_bad_inputs_name_the_problem(digits):
         train_population(models, loader, settings, epochs=1, lr=0.1, member_weights=torch.ones(3, N))
     with pytest.raises(ValueError, match="one column per dataset example"):
         train_population(models, loader, settings, epochs=1, lr=0.1, member_weights=torch.ones(2, N - 1))
+    with pytest.raises(ValueError, match="not a lambda"):
+        train_population(models, loader, settings, epochs=1, lr=lambda t: 0.1, backend="procs")
     with pytest.raises(ValueError, match="backend must be one of"):
         train_population(models, loader, settings, epochs=1, lr=0.1, backend="gpu-magic")
     other = BatchLoader(images[:64], labels[:64], B, seed=0)

@@ -52,6 +52,9 @@ def plot_member_accuracy(history: Sequence[dict[str, Any]], path: str | Path, ti
             ax.plot([h["epoch"] for h in tested], [h["test_acc"][m] for h in tested], marker="o", alpha=0.7, label=f"member {m}")
         if len(tested[0]["test_acc"]) <= 10:
             ax.legend(fontsize="small")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from cnnlab.data.augment import Augment
 from cnnlab.data.batches import BatchLoader
 from cnnlab.engine.step import StepSettings, TrainState
-from cnnlab.population.backends import STEPPERS, make_stepper, member_losses
+from cnnlab.population.backends import make_stepper, member_losses
 from cnnlab.population.stack import Population
 from cnnlab.population.state import PopulationState
 
@@ -214,13 +214,16 @@ def train_population(
         raise ValueError(f"workers must be >= 1, got {workers}")
     choice = None
     if backend == "auto":
-        choice = choose_backend(plan, n_workers)
+        choice = _cached_choice(plan, n_workers)
         backend = choice["backend"]
     t0 = time.perf_counter()
     ids = list(range(plan.size))
     if backend == "procs":
         if plan.device.type != "cpu":
             raise ValueError("backend 'procs' runs on the CPU; use vmap or loop on an accelerator")
+        if not _lr_picklable(plan):
+            raise ValueError("backend 'procs' sends the lr schedule to worker processes: pass a module-level "
+                             "function or a Schedule's .lr, not a lambda or closure")
         state, history = _train_processes(plan, ids, n_workers, progress)
     else:
         state, history = _train_members(plan, backend, ids, progress)
@@ -379,6 +382,16 @@ def _train_processes(plan: _Plan, ids: Sequence[int], workers: int, progress: Pr
     return state, _merge_histories([h for _, h in results])
 
 
+def _lr_picklable(plan: _Plan) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(plan.lr)
+    except Exception:
+        return False
+    return True
+
+
 def _worker_threads(workers: int) -> int:
     return max(1, _default_workers(10**6) // workers)
 
@@ -416,49 +429,97 @@ def _merge_histories(parts: list[list[dict]]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- auto choice
-def _time_steps(plan: _Plan, backend: str, ids: list[int], repeats: int = 2) -> float:
-    """Seconds for one step of members ``ids`` (after one warm-up step), the best of ``repeats``."""
-    stepper = make_stepper(backend, plan.models[0], plan.settings, plan.initial_state(ids), member_ids=ids, seed=plan.seed)
-    x, y, w = plan.batch(0, 0, ids)
-    lrs = [plan.lr_at(0) * plan.lr_scale[j] for j in ids]
-    sync = torch.cuda.synchronize if plan.device.type == "cuda" else (lambda: None)
-    stepper.step(x, y, w, lrs, shared=plan.shared_batch)
-    sync()
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        stepper.step(x, y, w, lrs, shared=plan.shared_batch)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
+_CHOICES: dict[tuple, dict[str, Any]] = {}
+
+
+def _cached_choice(plan: _Plan, workers: int) -> dict[str, Any]:
+    """``choose_backend``, remembered per (architecture, batch, population, device, threads) in this process,
+    so repeated calls (e.g. LDS training subset models chunk by chunk) probe once."""
+    m = plan.models[0]
+    x, _, _ = plan.batch(0, 0, [0])
+    key = (type(m).__qualname__, tuple((n, tuple(p.shape)) for n, p in m.named_parameters()), tuple(x.shape), x.dtype,
+           plan.shared_batch, plan.size, plan.epochs * plan.steps_per_epoch, workers, str(plan.device),
+           torch.get_num_threads(), type(plan.settings.optimizer).__name__, plan.settings.autocast_dtype)
+    if key not in _CHOICES:
+        _CHOICES[key] = choose_backend(plan, workers)
+        return _CHOICES[key]
+    return {**_CHOICES[key], "cached": True}
+
+
+def _time_steps(plan: _Plan, backend: str, ids: list[int], *, threads: int | None = None,
+                give_up: float = math.inf) -> tuple[float, float | None]:
+    """(first step, steady step) seconds for members ``ids``; the steady step is None when the first step
+    alone took longer than ``give_up`` (the candidate is then slower than one already timed)."""
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        stepper = make_stepper(backend, plan.models[0], plan.settings, plan.initial_state(ids), member_ids=ids, seed=plan.seed)
+        x, y, w = plan.batch(0, 0, ids)
+        lrs = [plan.lr_at(0) * plan.lr_scale[j] for j in ids]
+        sync = torch.cuda.synchronize if plan.device.type == "cuda" else (lambda: None)
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            stepper.step(x, y, w, lrs, shared=plan.shared_batch)
+            sync()
+            times.append(time.perf_counter() - t)
+            if times[0] > give_up:
+                return times[0], None
+        return times[0], times[1]
+    finally:
+        torch.set_num_threads(saved)
 
 
 def choose_backend(plan: _Plan, workers: int, probe_members: int = 2) -> dict[str, Any]:
     """Pick the backend with the smallest estimated training time from a short probe.
 
-    Times one step of ``min(M, probe_members)`` members with each in-process backend (and the loop on one
-    thread, for ``procs``) on the first real batch, scales to M members and all steps, and adds process
-    start-up for ``procs``. Returns the choice with the timings it rests on.
+    Times a first and a second step of ``min(M, probe_members)`` members on the first real batch with each
+    candidate (``procs`` is timed as the loop on one thread), scales the second to M members and all steps,
+    and adds process start-up for ``procs``. Candidates are timed likeliest-fastest first (CPU: procs, loop,
+    vmap; accelerators: vmap, loop); one whose first step alone outlasts the best estimate so far is not
+    timed further, and the in-process loop is not timed when even perfect thread scaling of the one-thread
+    timing could not beat the best. Returns the choice with the timings it rests on.
     """
     ids = list(range(min(plan.size, probe_members)))
     k = len(ids)
     steps = plan.epochs * plan.steps_per_epoch
+    cpu = plan.device.type == "cpu"
+    procs_ok = cpu and workers > 1 and plan.size > 1 and _lr_picklable(plan)
+    order = (["procs"] if procs_ok else []) + (["loop", "vmap"] if cpu else ["vmap", "loop"])
     per_step: dict[str, float] = {}
-    for name in sorted(STEPPERS):
-        per_step[name] = _time_steps(plan, name, ids) * plan.size / k
-    estimates = {name: t * steps for name, t in per_step.items()}
-    if plan.device.type == "cpu" and workers > 1 and plan.size > 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            one_thread = _time_steps(plan, "loop", ids)
-        finally:
-            torch.set_num_threads(threads)
-        n_chunks = min(workers, plan.size)
-        per_step["procs"] = one_thread / k * math.ceil(plan.size / n_chunks)
-        estimates["procs"] = per_step["procs"] * steps + PROCESS_STARTUP_S[_start_method(_worker_threads(n_chunks))]
-    best = min(estimates, key=estimates.get)
-    return {"backend": best, "device": str(plan.device), "probe_members": k, "workers": workers,
-            "seconds_per_step": per_step, "estimated_total_s": estimates,
-            "reason": f"fastest estimated total on {plan.device.type}: " +
-                      ", ".join(f"{n} {estimates[n]:.2f}s" for n in sorted(estimates, key=estimates.get))}
+    estimates: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    one_thread: float | None = None  # seconds per member-step of the loop on one thread
+    for name in order:
+        best = min(estimates.values(), default=math.inf)
+        if name == "procs":
+            n_chunks = min(workers, plan.size)
+            first, step = _time_steps(plan, "loop", ids, threads=1, give_up=best)
+            if step is not None:
+                one_thread = step / k
+                per_step[name] = one_thread * math.ceil(plan.size / n_chunks)
+                estimates[name] = per_step[name] * steps + PROCESS_STARTUP_S[_start_method(_worker_threads(n_chunks))]
+            else:
+                skipped[name] = f"its first step took {first:.2f}s, more than the best estimated total {best:.2f}s"
+            continue
+        if name == "loop" and one_thread is not None:
+            # the in-process loop on T threads is at best T times the one-thread loop: skip it when even that loses
+            bound = one_thread * plan.size * steps / max(1, torch.get_num_threads())
+            if bound >= best:
+                skipped[name] = (f"even perfect scaling over {torch.get_num_threads()} threads ({bound:.2f}s) "
+                                 f"cannot beat {best:.2f}s")
+                continue
+        first, step = _time_steps(plan, name, ids, give_up=best)
+        if step is not None:
+            per_step[name] = step * plan.size / k
+            estimates[name] = per_step[name] * steps
+        else:
+            skipped[name] = f"its first step took {first:.2f}s, more than the best estimated total {best:.2f}s"
+    best_name = min(estimates, key=estimates.get)
+    reason = f"fastest estimated total on {plan.device.type}: " + ", ".join(
+        f"{n} {estimates[n]:.2f}s" for n in sorted(estimates, key=estimates.get))
+    if skipped:
+        reason += "; not timed further: " + ", ".join(skipped)
+    return {"backend": best_name, "device": str(plan.device), "probe_members": k, "workers": workers,
+            "seconds_per_step": per_step, "estimated_total_s": estimates, "skipped": skipped, "reason": reason}
