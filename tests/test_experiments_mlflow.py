@@ -144,3 +144,19 @@ def test_cli_bare_mlflow_flag_uses_the_local_sqlite_default(tmp_path, monkeypatc
     res = cli.invoke(app, ["sweep", "run", str(path), "--mlflow", other, "--json"])
     assert res.exit_code == 0, res.output
     assert len(runs_of(MlflowClient(tracking_uri=other))) == 1  # only run 2 was left to do
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_sqlite_store(tmp_path, store_uri):
+    spec = yaml.safe_load(sweep_file(tmp_path).read_text())
+    spec["seeds"] = [0, 1, 2]  # 6 runs, 2 epochs each, logged by two processes into one sqlite file
+    path = tmp_path / "tracked.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sweep = Sweep.load(path)
+    outcomes = run_local(sweep, workers=2, threads_per_worker=1, mlflow_uri=store_uri)
+    assert sorted(o.index for o in outcomes if o.status == "done") == [1, 2, 3, 4, 5, 6]
+    client = MlflowClient(tracking_uri=store_uri)
+    runs = runs_of(client)
+    assert set(runs) == {r.name for r in sweep.runs()} and all(r.info.status == "FINISHED" for r in runs.values())
+    for r in runs.values():
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "test_loss")] == [1, 2]

@@ -159,3 +159,48 @@ def test_two_local_worker_processes_share_the_runs(tmp_path):
     for r in sweep.runs():
         assert [m["epoch"] for m in read_jsonl(r.run_dir / "metrics.jsonl")] == [1]
         assert not (r.run_dir / ".lock").exists()
+
+
+def test_cli_status_run_one_submit_local_and_bad_indices(tmp_path):
+    path = tiny_sweep(tmp_path)
+    res = cli.invoke(app, ["sweep", "run-one", str(path), "--index", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["status"] == "done"
+    res = cli.invoke(app, ["sweep", "status", str(path)])
+    assert res.exit_code == 0 and "done 1" in res.output and "pending 3" in res.output and "not started" in res.output
+    res = cli.invoke(app, ["sweep", "submit", str(path), "--executor", "local", "--indices", "1-2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [o["index"] for o in json.loads(res.stdout)["outcomes"]] == [1, 2]
+    res = cli.invoke(app, ["sweep", "run-one", str(path), "--index", "9"])
+    assert res.exit_code == 2 and "runs 1..4" in res.output
+    res = cli.invoke(app, ["sweep", "run", str(path), "--indices", "2-x"])
+    assert res.exit_code == 2 and "--indices" in res.output
+    res = cli.invoke(app, ["sweep", "submit", str(path), "--executor", "sge", "--dry-run"])
+    assert res.exit_code == 0 and "job script for 1 array task(s)" in res.output  # only run 4 is left
+    run_one(Sweep.load(path), 4)
+    res = cli.invoke(app, ["sweep", "submit", str(path), "--executor", "slurm"])
+    assert res.exit_code == 0 and "nothing to submit" in res.output
+
+
+def test_sigterm_releases_the_claim_and_leaves_the_run_resumable(tmp_path):
+    from cnnlab.experiments.runner import exit_on_sigterm
+
+    class Term(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # e.g. a scheduler's time limit
+
+    base = {**BASE, "train": {**BASE["train"], "epochs": 3}}
+    sweep = Sweep.load(tiny_sweep(tmp_path, seeds=[0], base=base))
+    previous = signal.getsignal(signal.SIGTERM)
+    exit_on_sigterm()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_one(sweep, 1, callbacks=(Term(),))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert not (sweep.run(1).run_dir / ".lock").exists()  # released at once, not left to go stale
+    st = sweep.run(1).state()
+    assert (st.status, st.resumable, st.detail) == ("pending", True, "resumable from checkpoints/last.pt")
+    assert run_one(sweep, 1).action == "resumed"

@@ -69,6 +69,15 @@ def test_layout_dotted_fields_format_spec_and_default_name(tmp_path):
     assert default.root == Path("runs") / "d"
 
 
+def test_exponent_floats_are_numbers(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("base: {model: {name: tiny_cnn}}\ngrid:\n  optim.lr: [1e-3, 5.0e-2]\n"
+                    "  wd: {key: optim.weight_decay, values: {hi: 5e-4, lo: 0}}\n")
+    runs = Sweep.load(path).runs()
+    assert runs[0].factors == {"optim.lr": 0.001, "wd": 0.0005} and runs[0].name == "0.001_hi"
+    assert runs[0].config.optim.lr == 0.001
+
+
 def test_set_overrides_apply_to_every_run_but_not_to_factors(tmp_path):
     path = write_sweep(tmp_path, {"base": BASE, "grid": {"optim.lr": [0.1, 0.2]}})
     sweep = Sweep.load(path, overrides=["train.epochs=3", "optim.momentum=0.5"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import List, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -105,7 +105,7 @@ def _report(out) -> None:
                   highlight=False, markup=False, soft_wrap=True)
 
 
-def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> NoReturn | None:
+def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> None:
     st = sweep.status()
     failed_now = [o for o in outcomes if o.status == "failed" and o.action != "skipped"]
     if json_out:
@@ -115,7 +115,6 @@ def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> No
         console.print(f"{sweep.name}: " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()), highlight=False, soft_wrap=True)
     if failed_now:
         raise typer.Exit(1)
-    return None
 
 
 @app.command("run", cls=_BareMlflowCommand)
@@ -132,8 +131,10 @@ def run_cmd(
 ) -> None:
     """Run the sweep's unfinished runs on this machine; interrupted runs resume from their last checkpoint."""
     from cnnlab.experiments.executors import run_local, todo_runs
+    from cnnlab.experiments.runner import exit_on_sigterm
 
     sweep = load_sweep(sweep_file, set_, root)
+    exit_on_sigterm()
     runs = todo_runs(sweep, retry_failed=retry_failed, runs=_select(sweep, indices))
     opts = sweep.spec.executors.local
     if not json_out:
@@ -144,6 +145,10 @@ def run_cmd(
                              retry_failed=retry_failed, mlflow_uri=mlflow, on_outcome=None if json_out else _report)
     except ImportError as e:
         fail(str(e))
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through exit_on_sigterm
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
+        fail("interrupted: the runs in progress resume from their last checkpoint when you run the same command again",
+             code=code)
     _finish(sweep, outcomes, json_out)
 
 
@@ -159,9 +164,10 @@ def run_one_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run one run of a sweep (what each cluster task executes). Exits 1 if the run failed."""
-    from cnnlab.experiments.runner import run_one
+    from cnnlab.experiments.runner import exit_on_sigterm, run_one
 
     sweep = load_sweep(sweep_file, set_, root)
+    exit_on_sigterm()
     if not 1 <= index <= len(sweep):
         fail(f"--index {index} is out of range: the sweep {sweep.name!r} has runs 1..{len(sweep)}")
     if threads:
@@ -231,7 +237,7 @@ def submit_cmd(
         print_json(sub.to_dict())
         return
     if sub.script:
-        console.print(f"job script ({len(sub.indices)} tasks): {sub.script}", highlight=False, soft_wrap=True)
+        console.print(f"job script for {len(sub.indices)} array task(s): {sub.script}", highlight=False, soft_wrap=True)
     if sub.submitted:
         console.print(f"submitted with {' '.join(sub.command or [])}: job {sub.job_id}", highlight=False, soft_wrap=True)
     elif sub.command:

@@ -27,11 +27,23 @@ class Outcome:
     status: str
     action: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) while training the run
     error: Optional[str] = None
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (a scheduler's time limit, ``kill``) into SystemExit, so the claim is released, the MLflow
+    run closed and the run left resumable instead of waiting for its lock to go stale."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def cached_dataset(config) -> Any:
@@ -79,20 +91,22 @@ def _train(sweep: Sweep, run: SweepRun, st: store.RunState, *, mlflow_uri: Optio
         tracker = MLflowCallback(mlflow_uri, experiment=sweep.name, run_name=run.name,
                                  tags=_tags(sweep, run))
         cbs.insert(0, tracker)  # first: it sees every epoch before another callback can stop the run
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     action = "resumed" if resume else "trained"
     try:
         trainer = Trainer(run.config, run.run_dir, callbacks=cbs, dataset=cached_dataset(run.config), progress=progress)
         result = trainer.fit(resume=resume)
-        return Outcome(run.index, run.name, "done", action, time.perf_counter() - t0, metrics=_summary(result))
+        return Outcome(run.index, run.name, "done", action, time.perf_counter() - t0, time.process_time() - c0,
+                       metrics=_summary(result))
     except TrainingDiverged as e:
-        return Outcome(run.index, run.name, "diverged", action, time.perf_counter() - t0, error=str(e),
+        return Outcome(run.index, run.name, "diverged", action, time.perf_counter() - t0, time.process_time() - c0, error=str(e),
                        metrics=_summary(store.read_json(run.run_dir / store.RESULT_NAME)))
     except Exception as e:  # noqa: BLE001  (a failed run is recorded, the sweep goes on)
         record = store.record_failure(run.run_dir, e, index=run.index)
         if tracker is not None:
             tracker.close("FAILED", error=record["error"])
-        return Outcome(run.index, run.name, "failed", action, time.perf_counter() - t0, error=record["error"])
+        return Outcome(run.index, run.name, "failed", action, time.perf_counter() - t0, time.process_time() - c0,
+                       error=record["error"])
     except BaseException:  # Ctrl-C / kill: leave the run resumable
         if tracker is not None:
             tracker.close("KILLED")

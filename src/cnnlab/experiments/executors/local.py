@@ -1,8 +1,8 @@
 """Local execution: worker processes on this machine, each with its own torch thread count.
 
-Workers do not share a queue: each walks the run list and claims runs through the store's locks, exactly
-as workers on other machines sharing the filesystem would, so ``cnnlab sweep run`` started on several
-machines at once never trains a run twice.
+Workers (this process plus spawned ones) share no queue: each walks the run list and claims runs through
+the store's locks, exactly as workers on other machines sharing the filesystem would, so ``cnnlab sweep
+run`` started on several machines at once never trains a run twice.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def run_local(
 ) -> list[Outcome]:
     """Execute ``runs`` (default: all; finished ones are skipped) with ``workers`` processes.
 
-    ``workers=1`` runs in this process. Returns the outcomes of the runs this call trained or skipped
+    ``workers=1`` runs in this process; more workers are this process plus ``workers - 1`` spawned ones. Returns the outcomes of the runs this call trained or skipped
     (runs that another worker held are left out).
     """
     indices = [r.index for r in (sweep.runs() if runs is None else runs)]
@@ -72,6 +72,9 @@ def _worker(sweep: Sweep, indices: list[int], threads: int, retry_failed: bool, 
             events: Any, worker_id: int) -> None:
     import torch
 
+    from cnnlab.experiments.runner import exit_on_sigterm
+
+    exit_on_sigterm()
     torch.set_num_threads(threads)
     # All workers walk the list in sweep order (seed-major), so finished runs cover the factors early;
     # a run another worker holds costs one failed O_EXCL create.
@@ -83,38 +86,57 @@ def _worker(sweep: Sweep, indices: list[int], threads: int, retry_failed: bool, 
 
 def _run_workers(sweep: Sweep, indices: list[int], workers: int, threads: int, retry_failed: bool,
                  mlflow_uri: Optional[str], on_outcome: Optional[Callable[[Outcome], None]]) -> list[Outcome]:
+    """This process is worker 0 (already warm: it starts training at once); ``workers - 1`` spawned
+    processes join as soon as they have imported torch."""
+    import torch
+
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: own torch threads, no forked locks
     events = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(sweep, indices, threads, retry_failed, mlflow_uri, events, w),
-                         name=f"cnnlab-sweep-worker-{w}", daemon=False) for w in range(workers)]
-    for p in procs:
+    procs = {w: ctx.Process(target=_worker, args=(sweep, indices, threads, retry_failed, mlflow_uri, events, w),
+                            name=f"cnnlab-sweep-worker-{w}", daemon=False) for w in range(1, workers)}
+    for p in procs.values():
         p.start()
     # A run that one worker trained shows up as "skipped" for a worker that claimed it just after:
     # keep one outcome per run, the training one; report skips only for runs nobody trained.
     outcomes: dict[int, Outcome] = {}
     exited: set[int] = set()
-    try:
-        while len(exited) < workers:
+
+    def take(out: Outcome) -> None:
+        if out.action == "skipped":
+            outcomes.setdefault(out.index, out)
+            return
+        outcomes[out.index] = out
+        if on_outcome is not None:
+            on_outcome(out)
+
+    def handle(kind: str, payload: Any) -> None:
+        if kind == "outcome":
+            take(Outcome(**payload))
+        elif kind == "exit":
+            exited.add(payload)
+
+    def drain() -> None:
+        while True:
             try:
-                kind, payload = events.get(timeout=0.5)
+                handle(*events.get_nowait())
             except queue_mod.Empty:
-                dead = [w for w, p in enumerate(procs) if not p.is_alive() and w not in exited]
-                for w in dead:  # crashed without saying goodbye (killed, segfault): its run stays resumable
-                    if procs[w].exitcode != 0:
+                return
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _loop(sweep, indices, retry_failed, mlflow_uri, lambda out: (take(out), drain()))
+        torch.set_num_threads(before)
+        while len(exited) < len(procs):
+            try:
+                handle(*events.get(timeout=0.5))
+            except queue_mod.Empty:
+                for w, p in procs.items():  # crashed without saying goodbye (killed, segfault): runs stay resumable
+                    if not p.is_alive() and p.exitcode != 0:
                         exited.add(w)
-                continue
-            if kind == "outcome":
-                out = Outcome(**payload)
-                if out.action == "skipped":
-                    outcomes.setdefault(out.index, out)
-                    continue
-                outcomes[out.index] = out
-                if on_outcome is not None:
-                    on_outcome(out)
-            elif kind == "exit":
-                exited.add(payload)
     finally:
-        for p in procs:
+        torch.set_num_threads(before)
+        for p in procs.values():
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
