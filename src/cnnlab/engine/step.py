@@ -156,7 +156,7 @@ def forward_loss(
 
 
 def _clip(grads: list[Tensor], max_norm: float) -> list[Tensor]:
-    total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    total = torch.sqrt(sum((_upcast(g) ** 2).sum() for g in grads))
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     return [g * coef.to(g.dtype) for g in grads]
 
@@ -227,6 +227,8 @@ def train_step(
     with ctx:
         params_in = state.params if create_graph else {n: p.detach() for n, p in state.params.items()}
         new_params, new_opt = settings.optimizer.update(params_in, dict(zip(names, grads)), state.opt_state, lr, state.step + 1)
+    if not create_graph:  # explicit BN stats carry the batch's graph; drop it so activations are freed
+        buffers = {n: b.detach() for n, b in buffers.items()}
     new_state = TrainState(new_params, buffers, new_opt, state.step + 1, scale, state.good_steps)
     if scale is not None:
         new_state = _apply_loss_scaling(state, new_state, bool(finite))
