@@ -2,7 +2,7 @@
 
 Data: the real MNIST test set from /work/shared/data/mnist (t10k IDX files) split into the first 8,000
 images for training and the last 2,000 for testing. A small CNN (BN + GELU + average pooling, SGD
-momentum 0.9, wd 5e-4, batch 200, triangular OneCycle) is trained, MAGIC scores are computed for the
+momentum 0.9, wd 5e-4, batch 200, triangular OneCycle 0.01 -> 0.05 -> 0.002, 10 epochs) is trained, MAGIC scores are computed for the
 first ``--targets`` test examples, and every method is validated on ``--models`` subset models per drop
 fraction. ``--variant`` switches to settings that break attribution (ReLU + max pooling, high lr).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cnnlab.attribution.lds import Regime
+from cnnlab.attribution.lds import LDSStudy, Regime
 from cnnlab.attribution.pipeline import ensure_trained_run, lds_analysis, magic_analysis
 from cnnlab.data import ImageDataset, Split
 from cnnlab.data.dataset import channel_stats
@@ -56,18 +56,18 @@ def mnist_8k(root: Path = MNIST_DIR) -> ImageDataset:
                         {"source": str(root), "split": "t10k[:8000] / t10k[8000:]"})
 
 
-def run_config(variant: str, epochs: int, seed: int = 0):
+def run_config(variant: str, epochs: int, seed: int = 0, data: str = "mnist"):
     v = VARIANTS[variant]
     return build_config({
-        "name": f"lds_mnist_{variant}",
+        "name": f"lds_{data}_{variant}",
         "seed": seed,
         "model": {"name": "tiny_cnn", "options": {"widths": [16, 32, 64], "activation": v["activation"],
                                                   "pool": v["pool"], "batchnorm": v["batchnorm"]}},
-        # data.name names the format; the benchmark passes its own 8k/2k split of the t10k files
-        "data": {"name": "mnist"},
+        # mnist: data.name names the format; the benchmark passes its own 8k/2k split of the t10k files
+        "data": {"name": data},
         "optim": {"name": "sgd", "lr": v["lr"], "momentum": 0.9, "weight_decay": 5e-4},
-        "schedule": {"name": "onecycle", "pct_start": 0.5, "anneal_strategy": "linear", "div_factor": 25.0,
-                     "final_div_factor": 1.0},
+        "schedule": {"name": "onecycle", "pct_start": 0.3, "anneal_strategy": "linear", "div_factor": 5.0,
+                     "final_div_factor": 5.0},
         "train": {"epochs": epochs, "batch_size": 200, "bn_stats": "explicit", "device": "cpu"},
     })
 
@@ -75,7 +75,9 @@ def run_config(variant: str, epochs: int, seed: int = 0):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", default="smooth", choices=sorted(VARIANTS))
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
+                    help="digits: sklearn's 8x8 digits (1,437 train), a quick stand-in for comparing variants")
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--models", type=int, default=50)
     ap.add_argument("--targets", type=int, default=10)
     ap.add_argument("--drops", default="0.01,0.5")
@@ -84,22 +86,43 @@ def main() -> None:
     ap.add_argument("--baselines", default="tracin,trak")
     ap.add_argument("--root", type=Path, default=Path("runs/bench_lds_mnist"))
     ap.add_argument("--no-md", action="store_true", help="do not rewrite the BENCHMARKS.md section")
+    ap.add_argument("--only", choices=["magic", "subsets"], help="one phase only, so phases can run in parallel "
+                    "processes: 'magic' (train the run + MAGIC scores) or 'subsets' (train the subset models)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of this process (1: no OpenMP spinning "
+                    "on a shared machine; run phases in parallel instead)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
-    ds = mnist_8k()
-    config = run_config(args.variant, args.epochs)
-    run_dir = args.root / f"{args.variant}-e{args.epochs}"
+    if args.data == "mnist":
+        ds = mnist_8k()
+    else:
+        from cnnlab.data import load_dataset
+
+        ds = load_dataset("digits")
+    config = run_config(args.variant, args.epochs, data=args.data)
+    run_dir = args.root / f"{'' if args.data == 'mnist' else args.data + '-'}{args.variant}-e{args.epochs}"
+    drops = [float(d) for d in args.drops.split(",")]
+    if args.only == "subsets":  # the subset models need neither the trained run nor the scores
+        for drop in drops:
+            study = LDSStudy(run_dir, Regime(drop, args.models), config=config,
+                             train_indices=torch.arange(len(ds.train)), targets=list(range(args.targets)),
+                             measure="loss", num_train=len(ds.train), dataset=ds)
+            t0 = time.perf_counter()
+            study.train(workers=args.workers, engine=args.engine, progress=lambda d, n: print(
+                f"  drop {drop:g}: {d}/{n} subset models ({time.perf_counter() - t0:.0f} s)", flush=True))
+        return
     t0 = time.perf_counter()
     result, reused = ensure_trained_run(config, run_dir, dataset=ds)
     print(f"[{args.variant}] run {run_dir}: test acc {result['final']['test_acc']:.4f} "
           f"({'reused' if reused else f'{time.perf_counter() - t0:.0f} s'})", flush=True)
     t0 = time.perf_counter()
     magic, reused = magic_analysis(run_dir, targets=range(args.targets), dataset=ds, checkpointing="log")
-    print(f"[{args.variant}] MAGIC {args.targets} targets: {'reused' if reused else f'{time.perf_counter() - t0:.0f} s'}",
-          flush=True)
+    print(f"[{args.variant}] MAGIC {args.targets} targets: {'reused' if reused else f'{time.perf_counter() - t0:.0f} s'}"
+          f" ({magic.stats.vjp_path} VJPs, {magic.stats.checkpointing})", flush=True)
+    if args.only == "magic":
+        return
     baselines = [b for b in args.baselines.split(",") if b and b != "none"]
-    for drop in [float(d) for d in args.drops.split(",")]:
+    for drop in drops:
         t0 = time.perf_counter()
         done = [0]
 
@@ -125,7 +148,8 @@ def collect(root: Path) -> list[dict]:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         for s in sorted(run_dir.glob("lds/*/summary.json")):
             summary = json.loads(s.read_text())
-            rows.append({"run": run_dir.name, "acc": result.get("final", {}).get("test_acc"),
+            rows.append({"run": run_dir.name, "data": cfg["data"]["name"],
+                         "replay_matches": meta["settings"].get("matches_trained_run"), "acc": result.get("final", {}).get("test_acc"),
                          "opts": cfg["model"]["options"], "lr": cfg["optim"]["lr"], "epochs": cfg["train"]["epochs"],
                          "targets": len(meta["target_indices"]), **summary["regime"], "methods": summary["methods"]})
     return rows
@@ -135,15 +159,19 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
     rows = collect(root)
     if not rows:
         return
-    lines = [SECTION, "",
+    import datetime
+    import os
+
+    lines = [SECTION, "", f"_Measured {datetime.date.today()}; 1-min load average {os.getloadavg()[0]:.1f} at the end._", "",
              f"`python benchmarks/lds_mnist.py` — {platform.processor() or platform.machine()}, 2-core shared CPU, "
              f"torch {torch.__version__}. Data: real MNIST t10k images, first 8,000 train / last 2,000 test. "
-             "tiny_cnn (16/32/64, ~24k params), SGD momentum 0.9, wd 5e-4, batch 200, triangular OneCycle. "
+             "tiny_cnn (16/32/64, ~24k params), SGD momentum 0.9, wd 5e-4, batch 200, triangular OneCycle "
+             "(lr/5 -> lr at 30% -> lr/25). "
              "LDS = mean over targets of the Spearman correlation (over subset models) of predicted "
              "(-sum of dropped scores) and actual test loss; 95% bootstrap CI over targets. TracIn and TRAK "
              "(traker, 1 checkpoint, proj_dim 512) are scored on the same subset models.", "",
-             "| run | act / pool / BN | lr | epochs | test acc | targets | drop | models | MAGIC LDS [95% CI] | TracIn LDS | TRAK LDS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | data | act / pool / BN | lr | epochs | test acc | targets | drop | models | MAGIC LDS [95% CI] | TracIn LDS | TRAK LDS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["methods"]
 
@@ -154,11 +182,46 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
             return f"{v['lds']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if name == "magic" else f"{v['lds']:.3f}"
 
         o = r["opts"]
-        lines.append(f"| {r['run']} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
+        mark = " (*)" if r["replay_matches"] is False else ""
+        lines.append(f"| {r['run']}{mark} | {r['data']} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
                      f"| {r['lr']:g} | {r['epochs']} | {r['acc']:.4f} | {r['targets']} | {r['drop']:g} | {r['models']} "
                      f"| {cell('magic')} | {cell('tracin')} | {cell('trak')} |")
     lines.append("")
+    lines += summary_lines(rows)
     replace_section(path, SECTION, "\n".join(lines))
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The goal (MAGIC LDS >= 0.95 at drop 0.01 and >= 98% test accuracy on MNIST) and caveats, from the rows."""
+    out = []
+    for r in rows:
+        if r["data"] == "mnist" and r["drop"] == 0.01 and "magic" in r["methods"]:
+            lds, acc = r["methods"]["magic"]["lds"], r["acc"]
+            met = "met" if lds >= 0.95 and acc >= 0.98 else "not met"
+            out.append(f"Goal MAGIC LDS >= 0.95 at drop 0.01 with >= 98% test accuracy ({r['run']}): {met} "
+                       f"(LDS {lds:.3f}, accuracy {acc:.4f}, {r['models']} subset models, {r['targets']} targets).")
+    if any(r["data"] == "mnist" for r in rows):
+        out.append("For comparison, the reference prototype (reference.md) measured LDS 0.958 at 98.75% (10 epochs) and "
+                   "0.990 at 98.2% (5 epochs) with its ~24k-parameter CNN, which reaches 98% in 5 epochs where "
+                   "tiny_cnn here needs 10 (96.9-97.9% at 5 epochs for lr 0.05-0.1): the two runs are not the same "
+                   "training problem. MAGIC's scores are exact (float64 finite differences agree to ~1e-9 in the "
+                   "tests), so what keeps the LDS below 1 is how far the trained model's test loss is from linear in the "
+                   "example weights over a 1% (or 50%) removal.")
+    if any(r["replay_matches"] is False for r in rows):
+        out.append("(*) The run was trained with 2 torch threads and replayed (like its subset models) with 1, so "
+                   "the replay's weights differ from the trained run's in the last bits; scores, subset models and "
+                   "LDS all refer to the 1-thread run, the test accuracy to the 2-thread one.")
+    few = sorted({r["models"] for r in rows if r["models"] < 50})
+    if few:
+        out.append(f"Some regimes use {', '.join(map(str, few))} subset models instead of the specified >= 50, to fit the "
+                   "shared 2-core machine (a 10-epoch MNIST subset model costs ~80 s of one core; MAGIC for 10 targets "
+                   "~25 training runs); `python benchmarks/lds_mnist.py --models 50` runs the full version.")
+    if any(r["data"] == "digits" for r in rows):
+        out.append("Rows on `digits` (sklearn's 8x8 digits, 1,437 train / 360 test, same model and optimizer) are a "
+                   "quick stand-in for comparing settings: ReLU + max pooling and a high learning rate make "
+                   "metagradients chaotic and their LDS drops; without BatchNorm this model did not train at lr 0.05 "
+                   "in 10 epochs (10% accuracy), so no LDS is reported for it.")
+    return [p for line in out for p in (line, "")]
 
 
 def replace_section(path: Path, heading: str, body: str) -> None:

@@ -61,25 +61,34 @@ def test_scores_match_central_finite_differences_in_float64(digits, optim, measu
     check_finite_differences(build_config(tiny_raw(**optim)), digits, measure)
 
 
-def test_finite_differences_with_accumulation_clipping_groups_and_cosine_warmup(digits):
+def test_finite_differences_with_accumulation_param_groups_and_cosine_warmup(digits):
     raw = tiny_raw(name="sgd", lr=0.08, momentum=0.8, weight_decay=1e-3, bias_lr_scale=2.0)
     raw["schedule"] = {"name": "cosine", "warmup_epochs": 0.5}
-    raw["train"].update(accumulation=2, grad_clip=1.0)
+    raw["train"]["accumulation"] = 2
     check_finite_differences(build_config(raw), digits, "loss")
 
 
-def check_finite_differences(config, digits, measure):
+def test_finite_differences_through_gradient_clipping(digits):
+    # The engine computes the clipping norm in float32 even in a float64 run, so phi carries ~1e-7
+    # relative rounding noise: a wide step and a looser tolerance (ignoring the clip factor's own
+    # derivative is off by far more than this).
+    raw = tiny_raw()
+    raw["train"]["grad_clip"] = 0.05  # below every gradient norm of this run: always clipping
+    check_finite_differences(build_config(raw), digits, "loss", eps=1e-2, rtol=2e-3, rows=(0, 21))
+
+
+def check_finite_differences(config, digits, measure, eps=1e-4, rtol=1e-6, rows=(0, 21, 50)):
     targets = [0, 7]
     result = compute_magic(config, targets=targets, measure=measure, dtype=torch.float64, dataset=digits)
     assert result.scores.dtype == torch.float64 and result.scores.shape == (64, 2)
-    n, eps = len(digits.train), 1e-4
-    for row in (0, 21, 50):
+    n = len(digits.train)
+    for row in rows:
         i = int(result.train_indices[row])
         plus, minus = torch.ones(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
         plus[i] += eps
         minus[i] -= eps
         fd = (reference_phi(config, plus, targets, digits, measure) - reference_phi(config, minus, targets, digits, measure)) / (2 * eps)
-        assert torch.allclose(result.scores[row], fd, rtol=1e-6, atol=1e-12), (row, result.scores[row], fd)
+        assert torch.allclose(result.scores[row], fd, rtol=rtol, atol=1e-12), (row, result.scores[row], fd)
         assert fd.abs().min() > 1e-6  # a real signal, not two zeros agreeing
 
 
@@ -106,7 +115,7 @@ def test_checkpointing_strategies_give_identical_scores(digits):
     assert ref.abs().max() > 0
     for name, r in runs.items():
         assert torch.equal(r.scores, ref), name
-        assert r.stats.reverse_steps == 16 and r.stats.vjp_path == "batched"
+        assert r.stats.reverse_steps == 16 and r.stats.vjp_path == "looped"
     s_all, s_sqrt, s_log = runs["all"].stats, runs["sqrt"].stats, runs["log"].stats
     assert (s_all.peak_stored_states, s_all.recomputed_steps) == (16, 0)
     assert s_sqrt.peak_stored_states < 16 and s_sqrt.recomputed_steps > 0
@@ -116,8 +125,8 @@ def test_checkpointing_strategies_give_identical_scores(digits):
 
 def test_looped_vjps_agree_with_batched_and_single_target(digits):
     config = build_config(tiny_raw())
-    batched = compute_magic(config, targets=[4, 5], dataset=digits, checkpointing="all")
-    looped = compute_magic(config, targets=[4, 5], dataset=digits, checkpointing="all", batched=False)
+    batched = compute_magic(config, targets=[4, 5], dataset=digits, checkpointing="all", vjp="batched")
+    looped = compute_magic(config, targets=[4, 5], dataset=digits, checkpointing="all")  # auto: looped on CPU
     single = compute_magic(config, targets=[5], dataset=digits, checkpointing="all")
     assert looped.stats.vjp_path == "looped" and single.stats.vjp_path == "single"
     torch.testing.assert_close(looped.scores, batched.scores, rtol=1e-5, atol=1e-9)
@@ -139,7 +148,10 @@ def _logits(config, dataset, targets):
 
 def test_custom_measurement_callable(digits):
     config = build_config(tiny_raw())
-    loss = compute_magic(config, targets=[0, 1], dataset=digits, checkpointing="all")
+    calls = []
+    loss = compute_magic(config, targets=[0, 1], dataset=digits, checkpointing="all",
+                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(t, 8) for t in range(1, 9)]
     doubled = compute_magic(config, targets=[0, 1], dataset=digits, checkpointing="all",
                             measure=lambda logits, y: 2 * F.cross_entropy(logits, y, reduction="none"))
     assert doubled.measurement.startswith("custom:")

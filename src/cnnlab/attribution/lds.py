@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnnlab.attribution.magic import Measurement, measure_state, prepare_config, target_data
-from cnnlab.attribution.measures import MeasureFn, get_measurement
+from cnnlab.attribution.magic import measure_state, prepare_config, target_data
+from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay
 from cnnlab.attribution.store import Scores
 from cnnlab.data import ImageDataset

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor, nn
@@ -155,12 +155,14 @@ def compute_magic(
     dtype: torch.dtype = torch.float32,
     dataset: ImageDataset | None = None,
     device: str | torch.device | None = None,
-    batched: bool = True,
+    vjp: str = "auto",
     offload: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MagicResult:
     """MAGIC scores of every training example for ``measure`` on test ``targets`` (default 0..49).
 
-    One replay serves all K targets. ``dtype=torch.float64`` converts model and data (exactness checks).
+    One replay serves all K targets (``vjp``: auto | batched | looped, see :class:`Replay`).
+    ``dtype=torch.float64`` converts model and data (exactness checks).
     """
     config = prepare_config(config)
     apply_runtime(config)
@@ -179,14 +181,15 @@ def compute_magic(
     if bad:
         raise ValueError(f"targets: {bad[:5]} are outside the test split [0, {len(parts.dataset.test)})")
 
-    replay = Replay(parts, dtype=dtype, checkpointing=checkpointing, tree_k=tree_k, offload=offload, batched=batched)
+    replay = Replay(parts, dtype=dtype, checkpointing=checkpointing, tree_k=tree_k, offload=offload, vjp=vjp,
+                    progress=progress)
     x, y = target_data(parts, targets, dtype)
     t0 = time.perf_counter()
     tau, phi, final = replay.metagradient(lambda s: measure_state(parts, s, x, y, m), len(targets))
     train_idx = parts.train_loader.indices
     scores = tau[:, train_idx.to(tau.device)].T.contiguous().cpu()
     settings = {"checkpointing": replay.strategy.describe(), "dtype": str(dtype).replace("torch.", ""),
-                "device": str(parts.device), "batched": batched, "offload": replay.offload,
+                "device": str(parts.device), "vjp": vjp, "offload": replay.offload,
                 "time_s": time.perf_counter() - t0, "config": config.to_dict()}
     return MagicResult(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name,
                        m.higher_is_better, phi.cpu(), replay.stats, warnings, settings, final)

@@ -11,7 +11,6 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

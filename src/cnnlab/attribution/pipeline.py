@@ -93,9 +93,10 @@ def magic_analysis(
     checkpointing: str = "log",
     tree_k: int = 4,
     dtype: torch.dtype = torch.float32,
-    batched: bool = True,
+    vjp: str = "auto",
     offload: bool = False,
     force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     plot_columns: Sequence[int] | None = (0, 1, 2, 3),
     plot_k: int = 6,
     dataset: ImageDataset | None = None,
@@ -112,11 +113,11 @@ def magic_analysis(
     if meta is not None and not force and _same_request(meta, targets, m.name, dtype):
         return load_magic(run_dir), True
     result = compute_magic(config, targets=targets, measure=m, checkpointing=checkpointing, tree_k=tree_k,
-                           dtype=dtype, dataset=ds, batched=batched, offload=offload)
+                           dtype=dtype, dataset=ds, vjp=vjp, offload=offload, progress=progress)
     result.settings["matches_trained_run"] = _matches_checkpoint(run_dir, result.final_state, dtype)
     if result.settings["matches_trained_run"] is False:
-        log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine or "
-                    "library version?); the scores explain the replayed run", run_dir)
+        log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine, library "
+                    "version or torch thread count?); the scores explain the replayed run", run_dir)
     save_magic(run_dir, result)
     if plot_columns:
         cols = [c for c in plot_columns if c < result.target_indices.numel()]

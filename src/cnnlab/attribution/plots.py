@@ -75,6 +75,8 @@ def plot_lds_scatter(pred: Tensor, actual: Tensor, spearman: Sequence[float], ta
                      path: str | Path, *, method: str = "magic", title: str = "", max_panels: int = 12) -> Path:
     """Predicted change (x) against actual phi (y) over the subset models, one panel per target."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     n = min(len(target_indices), max_panels)
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
@@ -87,6 +89,7 @@ def plot_lds_scatter(pred: Tensor, actual: Tensor, spearman: Sequence[float], ta
         ax.scatter(pred[:, j].numpy(), actual[:, j].numpy(), s=8, alpha=0.7)
         ax.set_title(f"target {target_indices[j]}: rho {spearman[j]:.3f}", fontsize=8)
         ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         if j % ncols == 0:
             ax.set_ylabel("actual phi", fontsize=7)
         if j // ncols == nrows - 1:

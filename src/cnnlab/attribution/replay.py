@@ -3,8 +3,9 @@
 The run is ``state_{t+1} = train_step(state_t, batch_t, w[batch_t.index], lr(t))`` for t < T, with every
 batch recomputable (``loader.batch(epoch, i)``). Reversing step t recomputes it from a stored state_t
 with ``create_graph=True`` and takes one vector-Jacobian product: the cotangent of state_t and the
-contribution to d phi / d w for the batch's examples. K measurements share one replay (batched
-cotangents through ``is_grads_batched``, else K VJPs on one retained graph).
+contribution to d phi / d w for the batch's examples. K measurements share one replay and one
+recompute per step: K cotangents either batched through ``is_grads_batched`` (vmap; fast on GPUs) or as
+K VJPs on one retained graph (faster on CPUs, where vmap turns convolutions into grouped ones).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class ReplayStats:
 
 
 MeasureState = Callable[[TrainState], Tensor]
+VJP_MODES = ("auto", "batched", "looped")
 
 
 class Replay:
@@ -121,12 +123,14 @@ class Replay:
     ``dtype``: float32 (bitwise the Trainer's run on CPU) or float64 (for exactness checks); the model,
     data and weights are converted. ``weights``: per-example training weights (N_train,), ones by
     default; the step's weights are ``weights[batch.index]``. ``offload``: keep stored states on the CPU.
-    ``batched``: push K cotangents through one ``is_grads_batched`` VJP (falls back to K VJPs on one graph).
+    ``vjp``: how K cotangents go through a step: "batched" (one ``is_grads_batched`` VJP, falling back to
+    "looped" if an op has no batching rule), "looped" (K VJPs on one retained graph) or "auto" (batched on
+    CUDA, looped elsewhere). ``progress(done, total)`` is called after each reversed step.
     """
 
     def __init__(self, parts: RunParts, *, dtype: torch.dtype = torch.float32, weights: Tensor | None = None,
                  checkpointing: str | Checkpointing = "log", tree_k: int = 4, offload: bool = False,
-                 batched: bool = True):
+                 vjp: str = "auto", progress: Callable[[int, int], None] | None = None):
         self.parts = parts
         self.model = parts.model
         self.device = parts.device
@@ -144,7 +148,10 @@ class Replay:
         self.weights = w.to(self.device)
         self.strategy = make_checkpointing(checkpointing, tree_k)
         self.offload = offload and self.device.type != "cpu"
-        self.batched = batched
+        if vjp not in VJP_MODES:
+            raise ValueError(f"vjp must be one of {', '.join(VJP_MODES)}, got {vjp!r}")
+        self.batched = vjp == "batched" or (vjp == "auto" and self.device.type == "cuda")
+        self.progress = progress
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * parts.config.train.epochs
         self._store: dict[int, TrainState] = {}
@@ -187,7 +194,7 @@ class Replay:
 
         Returns (tau K×N_train over dataset indices, phi (K,), the final state).
         """
-        self.stats.targets = num_targets
+        self.stats = ReplayStats(self.strategy.describe(), self.total_steps, targets=num_targets)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
@@ -269,6 +276,8 @@ class Replay:
         grads = self._vjp(self.layout.flatten(new), leaves + [w], cot, len(cot[0]) if cot else 0)
         self.tau.index_add_(1, b.index, grads[-1].to(self.tau.dtype))
         self.stats.reverse_steps += 1
+        if self.progress is not None:
+            self.progress(self.stats.reverse_steps, self.total_steps)
         return grads[:-1]
 
     def _vjp(self, outputs: list[Tensor], inputs: list[Tensor], cot: list[Tensor], k: int) -> list[Tensor]:

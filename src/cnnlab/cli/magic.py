@@ -21,7 +21,7 @@ def magic_cmd(
     tree_k: int = typer.Option(4, "--tree-k", help="Chunks per level of the log checkpointing tree."),
     out: Optional[Path] = typer.Option(None, "--out", help="Analysis run directory (default: runs/<name>-magic-<time>)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (the trained run) | float64 (exactness checks)."),
-    looped: bool = typer.Option(False, "--looped", help="One VJP per target instead of batched cotangents."),
+    vjp: str = typer.Option("auto", "--vjp", help="auto (batched on CUDA, looped on CPU) | batched | looped"),
     offload: bool = typer.Option(False, "--offload", help="Keep stored training states on the CPU (GPU runs)."),
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
@@ -43,6 +43,8 @@ def magic_cmd(
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if dtype not in dtypes:
         fail(f"--dtype must be float32 or float64, got {dtype!r}")
+    if vjp not in ("auto", "batched", "looped"):
+        fail(f"--vjp must be auto, batched or looped, got {vjp!r}")
     if tree_k < 2:
         fail(f"--tree-k must be >= 2, got {tree_k}")
     try:
@@ -54,9 +56,18 @@ def magic_cmd(
         if not json_out:
             console.print(f"{'reusing' if reused_run else 'trained'} run {run_dir}: test accuracy "
                           f"{result['final']['test_acc']:.4f}")
-        magic, reused = magic_analysis(run_dir, targets=target_list, measure=measure, checkpointing=checkpointing,
-                                       tree_k=tree_k, dtype=dtypes[dtype], batched=not looped, offload=offload,
-                                       force=force, plot_columns=range(plot_targets), dataset=dataset)
+        kw = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
+                  dtype=dtypes[dtype], vjp=vjp, offload=offload, force=force, plot_columns=range(plot_targets),
+                  dataset=dataset)
+        if progress and not json_out:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("MAGIC replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err_console, transient=True) as bar:
+                task = bar.add_task("replay", total=None)
+                magic, reused = magic_analysis(run_dir, **kw, progress=lambda d, n: bar.update(task, completed=d, total=n))
+        else:
+            magic, reused = magic_analysis(run_dir, **kw)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
         fail(str(e))
     except TrainingDiverged as e:
