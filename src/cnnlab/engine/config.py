@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -233,12 +236,17 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+def validate_config(cls: type[ConfigT], raw: dict[str, Any], overrides: list[str] | None = None) -> ConfigT:
+    """Merge dotted overrides into ``raw`` and validate into ``cls``; a ConfigError names every bad key."""
     data = deep_merge(raw or {}, parse_overrides(overrides or []))
     try:
-        return RunConfig.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, RunConfig)) from None
+        raise ConfigError(_format_errors(e, cls)) from None
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    return validate_config(RunConfig, raw, overrides)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -10,17 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cnnlab.engine.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
-    _format_errors,
-    deep_merge,
     load_yaml,
-    parse_overrides,
+    validate_config,
 )
 
 
@@ -134,11 +132,7 @@ ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every"
 
 
 def build(cls: type[BaseModel], raw: dict[str, Any], overrides: list[str] | None = None):
-    data = deep_merge(raw or {}, parse_overrides(overrides or []))
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, cls)) from None
+    return validate_config(cls, raw, overrides)
 
 
 def load(cls: type[BaseModel], path: str | Path, overrides: list[str] | None = None):
