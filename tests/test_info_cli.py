@@ -69,3 +69,38 @@ def test_mi_cli_bad_inputs(sweep, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert msg in " ".join(res.output.split()), (args, res.output)
+
+
+def test_mi_cli_over_a_sweep_file(tmp_path):
+    """`cnnlab mi SWEEP`: every finished run of the sweep, coloured by the sweep's own factors; unfinished runs skipped."""
+    from cnnlab.experiments.runner import run_one
+    from cnnlab.experiments.sweep import Sweep
+
+    sweep_file = tmp_path / "abl.yaml"
+    sweep_file.write_text(
+        "name: abl\n"
+        f"root: {tmp_path / 'store'}\n"
+        "base: {data: {name: digits, subset: 256}, train: {epochs: 1, batch_size: 64, device: cpu}}\n"
+        "grid:\n"
+        "  wd: {key: optim.weight_decay, values: {wd: 5.0e-4, no_wd: 0.0}}\n"
+        "  bn: {key: model.options.batchnorm, values: {bn: true, no_bn: false}}\n"
+    )
+    res = runner.invoke(app, ["mi", str(sweep_file), *ARGS])
+    assert res.exit_code == 2 and "has no finished run" in " ".join(res.output.split()), res.output
+    sweep = Sweep.load(sweep_file)
+    for r in sweep.runs()[:3]:
+        run_one(sweep, r.index)
+    res = runner.invoke(app, ["mi", str(sweep_file), *ARGS, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["factors"] == ["wd", "bn"]
+    rows = out["rows"]
+    assert len(rows) == 3 * 2  # three finished runs x two splits; the fourth is pending
+    assert {(r["wd"], r["bn"]) for r in rows} == {("wd", "bn"), ("no_wd", "bn"), ("wd", "no_bn")}
+    for f in ("wd", "bn"):
+        assert (tmp_path / "store" / "mi" / f"mi_diff_vs_gen_gap_{f}.png").is_file()
+    assert all(load_run_mi(r.run_dir) is not None for r in sweep.runs("done"))
+    res = runner.invoke(app, ["mi", str(sweep_file), *ARGS])  # human output: warns about the unfinished run
+    assert res.exit_code == 0 and "1 of 4 runs" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["mi", str(tmp_path / "store"), "--root", "x"])
+    assert res.exit_code == 2 and "--root and --set apply to a sweep file" in " ".join(res.output.split())

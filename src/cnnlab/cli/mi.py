@@ -1,4 +1,4 @@
-"""``cnnlab mi RUN_DIR...``: first-layer masking + mutual information per run, and the table/plots across runs."""
+"""``cnnlab mi SWEEP | RUN_DIR...``: first-layer masking + mutual information per run, and the table/plots across runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from cnnlab.cli.common import fail
+from cnnlab.cli.sweep import RootOpt, SetOpt, load_sweep
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -23,7 +24,10 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
 
 
 def mi_cmd(
-    paths: List[Path] = typer.Argument(..., help="Run directories, or folders holding run directories (found by result.json)."),
+    paths: List[Path] = typer.Argument(..., help="A sweep file (its finished runs), or run directories, or folders "
+                                                 "holding run directories (found by result.json)."),
+    root: Optional[Path] = RootOpt,
+    set_: Optional[List[str]] = SetOpt,
     keep: str = typer.Option("0.25,0.5,0.75", "--keep", help="Keep fractions of the first block's activations."),
     masks: int = typer.Option(10, "--masks", min=1, help="Seeded masks per keep fraction."),
     examples: int = typer.Option(2000, "--examples", min=1, help="Evaluation examples per split (capped by the split size)."),
@@ -46,6 +50,8 @@ def mi_cmd(
 
     Per run the result is stored in RUN_DIR/analysis/mi.json (reused unless --force); across runs a
     table (CSV, JSON) and one plot of MI drop vs generalisation gap per factor are written to --out.
+    Given a sweep file, every finished run of the sweep is analysed and coloured by the sweep's factors
+    (default --out: <sweep root>/mi); runs not yet done are listed and skipped.
     """
     from cnnlab.explain.runs import find_run_dirs, varying_factors
     from cnnlab.info.analysis import MIConfig
@@ -55,27 +61,38 @@ def mi_cmd(
         cfg = MIConfig(keeps=_floats(keep, "--keep"), n_masks=masks, n_examples=examples, mask_seed=mask_seed, seed=seed,
                        n_boot=bootstrap, confidence=confidence, correction=correction, batch_size=batch_size,
                        gap_examples=gap_examples)
-        dirs = find_run_dirs(paths)
+        sweep, sweep_runs = _finished_sweep_runs(paths, root, set_, quiet=json_out)
+        dirs = [r.run_dir for r in sweep_runs] if sweep is not None else find_run_dirs(paths)
         reports = []
         for d in dirs:
             if not json_out:
                 console.print(f"[dim]masking MI: {d}[/]")
             reports.append(compute_run_mi(d, cfg, force=force, device=device))
-        configs = [_config_of(d) for d in dirs]
-        chosen = [f.strip() for f in factors.split(",") if f.strip()] if factors else varying_factors(configs)
         from cnnlab.explain.runs import flatten
 
+        configs = [_config_of(d) for d in dirs]
         flat = [flatten(c) for c in configs]
+        if sweep is not None:  # the sweep's own factor names and labels (wd, bn, ...) plus the seed
+            flat = [{**fl, **r.labels, "seed": r.seed} for fl, r in zip(flat, sweep_runs)]
+            default_factors = [f.name for f in sweep.factors]
+        else:
+            default_factors = varying_factors(configs)
+        chosen = [f.strip() for f in factors.split(",") if f.strip()] if factors else default_factors
         missing = [f for f in chosen if all(f not in fl for fl in flat)]
         if missing:
             raise ValueError(f"--factors: {', '.join(missing)} not found in the runs' configs "
                              f"(keys look like optim.lr, train.batch_size)")
-        labels = _labels(dirs)
+        labels = [str(r.run_dir.relative_to(sweep.root)) for r in sweep_runs] if sweep is not None else _labels(dirs)
         entries = [(lab, {f: fl.get(f) for f in chosen}, rep) for lab, fl, rep in zip(labels, flat, reports)]
         plot_by = chosen or ["run"]
         if not chosen:
             entries = [(lab, {"run": lab}, rep) for lab, _, rep in entries]
-        dest = out or Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "mi"
+        if out is not None:
+            dest = out
+        elif sweep is not None:
+            dest = sweep.root / "mi"
+        else:
+            dest = Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "mi"
         summary = summarize(entries, plot_by, dest)
     except (FileNotFoundError, ValueError, KeyError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
@@ -108,3 +125,24 @@ def _labels(dirs: list[Path]) -> list[str]:
         return names
     root = Path(os.path.commonpath([str(d.resolve()) for d in dirs]))
     return [str(d.resolve().relative_to(root)) for d in dirs]
+
+
+
+def _finished_sweep_runs(paths: list[Path], root: Optional[Path], overrides: Optional[list[str]], *, quiet: bool):
+    """(sweep, its finished runs) when ``paths`` is one sweep file, else (None, []).
+
+    Raises FileNotFoundError when the sweep has no finished run yet."""
+    if not (len(paths) == 1 and paths[0].is_file() and paths[0].suffix in (".yaml", ".yml")):
+        if root is not None or overrides:
+            raise ValueError("--root and --set apply to a sweep file, not to run directories")
+        return None, []
+    sweep = load_sweep(str(paths[0]), overrides, root)
+    done = sweep.runs("done")
+    if not done:
+        raise FileNotFoundError(f"sweep {sweep.name!r} has no finished run under {sweep.root} "
+                                f"(run it with `cnnlab sweep run {paths[0]}`; see `cnnlab sweep status`)")
+    skipped = len(sweep) - len(done)
+    if skipped and not quiet:
+        console.print(f"[yellow]{skipped} of {len(sweep)} runs of {sweep.name!r} are not done and are skipped "
+                      f"(`cnnlab sweep status {paths[0]}`)[/]")
+    return sweep, done
