@@ -229,3 +229,14 @@ def test_register_rejects_defaults_the_factory_does_not_take():
     with pytest.raises(ValueError, match=r"default option\(s\) \['widht'\] are not parameters of resnet9"):
         register_model("resnet9_typo", family="resnet9", widht=2.0)(resnet9)
     assert "resnet9_typo" not in list_models()
+
+
+def test_small_cnn_head_pool_keeps_a_spatial_map():
+    """head_pool=k: adaptive average pool to k x k, flattened into the linear head (counted by hand)."""
+    m = create_model("tiny_cnn", num_classes=10, in_channels=1, widths=(16, 32), head_pool=7, activation="gelu", pool="avg")
+    # conv 1*16*9 + BN 2*16 + conv 16*32*9 + BN 2*32 + linear (32*7*7)*10 + 10
+    assert sum(p.numel() for p in m.parameters()) == 144 + 32 + 4608 + 64 + 15680 + 10
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert m(torch.zeros(2, 1, 64, 64)).shape == (2, 10)  # any input size: the pool is adaptive
+    with pytest.raises(ValueError, match="head_pool"):
+        create_model("tiny_cnn", head_pool=0)

@@ -20,10 +20,12 @@ _POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class SmallCNN(nn.Module):
-    """conv-bn-act blocks with 2x2 pooling between stages, global average pooling, one linear head.
+    """conv-bn-act blocks with 2x2 pooling between stages, adaptive average pooling, one linear head.
 
     ``features`` is the first conv-bn-act block (the hook point for masking analyses).
     Activation and pooling are options because they decide whether metagradients are smooth.
+    ``head_pool``: side of the adaptive average pool before the linear head: 1 is global average
+    pooling; larger keeps a coarse spatial map (flatten + linear), which learns faster on small data.
     """
 
     def __init__(
@@ -35,21 +37,24 @@ class SmallCNN(nn.Module):
         activation: str = "relu",
         pool: str = "max",
         dropout: float = 0.0,
+        head_pool: int = 1,
     ):
         super().__init__()
         if activation not in _ACTS:
             raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {sorted(_POOLS)}, got {pool!r}")
+        if int(head_pool) < 1:
+            raise ValueError(f"head_pool must be a positive integer, got {head_pool!r}")
         act = _ACTS[activation]
         self.features = conv_bn_act(in_channels, widths[0], batchnorm=batchnorm, act=act)
         stages: list[nn.Module] = []
         for cin, cout in zip(widths[:-1], widths[1:]):
             stages += [_POOLS[pool](2), conv_bn_act(cin, cout, batchnorm=batchnorm, act=act)]
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(int(head_pool))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = nn.Linear(widths[-1] * int(head_pool) ** 2, num_classes)
 
     def gradcam_layer(self) -> nn.Module:
         return self.stages[-1] if len(self.stages) else self.features
@@ -68,8 +73,9 @@ def tiny_cnn(
     activation: str = "relu",
     pool: str = "max",
     dropout: float = 0.0,
+    head_pool: int = 1,
 ) -> SmallCNN:
-    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout)
+    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout, head_pool)
 
 
 @register_model("simple_cnn", family="small_cnn", min_resolution=8, description="4-stage 32..256 CNN (~390k params)")
@@ -81,5 +87,6 @@ def simple_cnn(
     activation: str = "relu",
     pool: str = "max",
     dropout: float = 0.0,
+    head_pool: int = 1,
 ) -> SmallCNN:
-    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout)
+    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout, head_pool)
