@@ -56,12 +56,20 @@ def mnist_8k(root: Path = MNIST_DIR) -> ImageDataset:
                         {"source": str(root), "split": "t10k[:8000] / t10k[8000:]"})
 
 
-def run_config(variant: str, epochs: int, seed: int = 0, data: str = "mnist"):
+# tiny_cnn shapes: "gap" = 3 stages 16/32/64 + global average pooling (24k params on MNIST); "map7" = 2 stages
+# 16/32 + a 7x7 average-pooled map flattened into the head (20.5k params; learns MNIST in fewer epochs)
+ARCHS = {
+    "gap": {"widths": [16, 32, 64]},
+    "map7": {"widths": [16, 32], "head_pool": 7},
+}
+
+
+def run_config(variant: str, epochs: int, seed: int = 0, data: str = "mnist", arch: str = "gap"):
     v = VARIANTS[variant]
     return build_config({
         "name": f"lds_{data}_{variant}",
         "seed": seed,
-        "model": {"name": "tiny_cnn", "options": {"widths": [16, 32, 64], "activation": v["activation"],
+        "model": {"name": "tiny_cnn", "options": {**ARCHS[arch], "activation": v["activation"],
                                                   "pool": v["pool"], "batchnorm": v["batchnorm"]}},
         # mnist: data.name names the format; the benchmark passes its own 8k/2k split of the t10k files
         "data": {"name": data},
@@ -77,6 +85,7 @@ def main() -> None:
     ap.add_argument("--variant", default="smooth", choices=sorted(VARIANTS))
     ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
                     help="digits: sklearn's 8x8 digits (1,437 train), a quick stand-in for comparing variants")
+    ap.add_argument("--arch", default="gap", choices=sorted(ARCHS), help="tiny_cnn shape (see ARCHS)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--models", type=int, default=50)
     ap.add_argument("--targets", type=int, default=10)
@@ -99,8 +108,9 @@ def main() -> None:
         from cnnlab.data import load_dataset
 
         ds = load_dataset("digits")
-    config = run_config(args.variant, args.epochs, data=args.data)
-    run_dir = args.root / f"{'' if args.data == 'mnist' else args.data + '-'}{args.variant}-e{args.epochs}"
+    config = run_config(args.variant, args.epochs, data=args.data, arch=args.arch)
+    arch = "" if args.arch == "gap" else f"{args.arch}-"
+    run_dir = args.root / f"{'' if args.data == 'mnist' else args.data + '-'}{arch}{args.variant}-e{args.epochs}"
     drops = [float(d) for d in args.drops.split(",")]
     if args.only == "subsets":  # the subset models need neither the trained run nor the scores
         for drop in drops:
@@ -165,13 +175,14 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
     lines = [SECTION, "", f"_Measured {datetime.date.today()}; 1-min load average {os.getloadavg()[0]:.1f} at the end._", "",
              f"`python benchmarks/lds_mnist.py` — {platform.processor() or platform.machine()}, 2-core shared CPU, "
              f"torch {torch.__version__}. Data: real MNIST t10k images, first 8,000 train / last 2,000 test. "
-             "tiny_cnn (16/32/64, ~24k params), SGD momentum 0.9, wd 5e-4, batch 200, triangular OneCycle "
+             "tiny_cnn (model column: stage widths, then GAP = global average pooling into the linear head or "
+             "map7 = a 7x7 average-pooled map flattened into it), SGD momentum 0.9, wd 5e-4, batch 200, triangular OneCycle "
              "(lr/5 -> lr at 30% -> lr/25). "
              "LDS = mean over targets of the Spearman correlation (over subset models) of predicted "
              "(-sum of dropped scores) and actual test loss; 95% bootstrap CI over targets. TracIn and TRAK "
              "(traker, 1 checkpoint, proj_dim 512) are scored on the same subset models.", "",
-             "| run | data | act / pool / BN | lr | epochs | test acc | targets | drop | models | MAGIC LDS [95% CI] | TracIn LDS | TRAK LDS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | data | model | act / pool / BN | lr | epochs | test acc | targets | drop | models | MAGIC LDS [95% CI] | TracIn LDS | TRAK LDS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["methods"]
 
@@ -183,7 +194,8 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
 
         o = r["opts"]
         mark = " (*)" if r["replay_matches"] is False else ""
-        lines.append(f"| {r['run']}{mark} | {r['data']} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
+        head = "GAP" if o.get("head_pool", 1) == 1 else f"map{o['head_pool']}"
+        lines.append(f"| {r['run']}{mark} | {r['data']} | {'/'.join(map(str, o['widths']))} {head} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
                      f"| {r['lr']:g} | {r['epochs']} | {r['acc']:.4f} | {r['targets']} | {r['drop']:g} | {r['models']} "
                      f"| {cell('magic')} | {cell('tracin')} | {cell('trak')} |")
     lines.append("")
