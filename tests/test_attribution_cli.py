@@ -52,6 +52,8 @@ def test_magic_writes_scores_metadata_and_plots(magic_run):
     meta = json.loads((out / "magic.json").read_text())
     assert meta["measurement"] == "loss" and meta["target_indices"] == [0, 1, 2, 3]
     assert meta["stats"]["checkpointing"] == "sqrt" and meta["stats"]["reverse_steps"] == 6
+    # the run was trained by this command, so its states seeded the replay (sqrt: chunks of ceil(sqrt 6) = 3 steps, starts 0 and 3, + the final state)
+    assert meta["stats"]["reused_states"] == 3 and meta["stats"]["forward_steps"] == meta["stats"]["recomputed_steps"]
     assert (out / "plots" / "proponents.png").stat().st_size > 1000
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["bn_stats"] == "explicit"
     # a second call reuses the run and the scores

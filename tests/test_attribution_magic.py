@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cnnlab.attribution import compute_magic, get_measurement, parse_targets
 from cnnlab.attribution.checkpointing import SqrtCheckpoints, TreeCheckpoints
 from cnnlab.attribution.magic import chaos_warnings, check_determinism, prepare_config
-from cnnlab.attribution.replay import Replay
+from cnnlab.attribution.replay import RecordReplayStates, Replay
 from cnnlab.data import load_dataset
 from cnnlab.engine.config import ConfigError, build_config
 from cnnlab.engine.setup import build_run
@@ -121,6 +121,29 @@ def test_checkpointing_strategies_give_identical_scores(digits):
     assert s_sqrt.peak_stored_states < 16 and s_sqrt.recomputed_steps > 0
     assert s_log.peak_stored_states < 16 and s_log.recomputed_steps > s_sqrt.recomputed_steps
     assert s_all.peak_stored_bytes == 16 * s_all.state_bytes
+
+
+@pytest.mark.parametrize("strategy", ["all", "log"])
+def test_states_recorded_while_training_replace_the_first_pass(digits, strategy):
+    """The Trainer's recorded states seed the replay: identical scores, no first forward pass."""
+    raw = tiny_raw()
+    raw["train"]["batch_size"] = 8  # 16 steps
+    config = prepare_config(build_config(raw))
+    record = RecordReplayStates(strategy, tree_k=2)
+    trainer = Trainer(config, None, dataset=digits, progress=False, callbacks=[record])
+    trainer.fit()
+    own = compute_magic(config, targets=[1, 2], checkpointing=strategy, tree_k=2, dataset=digits)
+    seeded = compute_magic(config, targets=[1, 2], checkpointing=strategy, tree_k=2, dataset=digits,
+                           states=record.states)
+    assert torch.equal(seeded.scores, own.scores) and torch.equal(seeded.phi, own.phi)
+    first = 16 if strategy == "all" else 2  # all: every state; log(k=2): 2 chunk starts at the top level
+    assert sorted(record.states) == sorted({*(range(16) if strategy == "all" else [0, 8]), 16})
+    assert seeded.stats.reused_states == first + 1 and own.stats.reused_states == 0
+    assert seeded.stats.forward_steps == own.stats.forward_steps - 16  # the first pass (16 steps) is skipped
+    assert seeded.stats.recomputed_steps == own.stats.recomputed_steps
+    partial = {k: v for k, v in record.states.items() if k != 16}  # the final state missing: own first pass
+    fallback = compute_magic(config, targets=[1, 2], checkpointing=strategy, tree_k=2, dataset=digits, states=partial)
+    assert fallback.stats.reused_states == 0 and torch.equal(fallback.scores, own.scores)
 
 
 def test_looped_vjps_agree_with_batched_and_single_target(digits):

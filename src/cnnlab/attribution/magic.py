@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import Tensor, nn
@@ -158,11 +158,14 @@ def compute_magic(
     vjp: str = "auto",
     offload: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    states: Mapping[int, TrainState] | None = None,
 ) -> MagicResult:
     """MAGIC scores of every training example for ``measure`` on test ``targets`` (default 0..49).
 
     One replay serves all K targets (``vjp``: auto | batched | looped, see :class:`Replay`).
-    ``dtype=torch.float64`` converts model and data (exactness checks).
+    ``dtype=torch.float64`` converts model and data (exactness checks). ``states``: the run's states
+    recorded while it trained (:class:`~cnnlab.attribution.replay.RecordReplayStates`), which spare the
+    replay its first forward pass (float32 only).
     """
     config = prepare_config(config)
     apply_runtime(config)
@@ -185,7 +188,8 @@ def compute_magic(
                     progress=progress)
     x, y = target_data(parts, targets, dtype)
     t0 = time.perf_counter()
-    tau, phi, final = replay.metagradient(lambda s: measure_state(parts, s, x, y, m), len(targets))
+    tau, phi, final = replay.metagradient(lambda s: measure_state(parts, s, x, y, m), len(targets),
+                                          states if dtype == torch.float32 else None)
     train_idx = parts.train_loader.indices
     scores = tau[:, train_idx.to(tau.device)].T.contiguous().cpu()
     settings = {"checkpointing": replay.strategy.describe(), "dtype": str(dtype).replace("torch.", ""),

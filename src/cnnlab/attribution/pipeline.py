@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
@@ -17,7 +17,7 @@ from cnnlab.attribution.lds import LDSStudy, Regime, population_available, predi
 from cnnlab.attribution.magic import MagicResult, compute_magic, prepare_config
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.plots import plot_lds_scatter, plot_proponents
-from cnnlab.attribution.replay import Replay, move_state
+from cnnlab.attribution.replay import RecordReplayStates, Replay, move_state
 from cnnlab.attribution.store import (Scores, load_baseline, load_external_scores, load_magic, magic_scores,
                                       read_magic_meta, save_baseline, save_magic)
 from cnnlab.data import ImageDataset, load_dataset
@@ -45,10 +45,12 @@ class CutBufferHistory(Callback):
 
 
 def ensure_trained_run(config: RunConfig, run_dir: str | Path, *, dataset: ImageDataset | None = None,
-                       progress: bool = False) -> tuple[dict[str, Any], bool]:
+                       progress: bool = False, record: RecordReplayStates | None = None) -> tuple[dict[str, Any], bool]:
     """Train ``config`` (prepared for MAGIC) into ``run_dir``, or reuse the finished run already there.
 
-    Returns (result.json record, reused). A run dir holding a different config is an error.
+    ``record``: a callback that keeps the states a replay needs while the run trains (pass its
+    ``states`` to :func:`magic_analysis`). Returns (result.json record, reused). A run dir holding a
+    different config is an error.
     """
     config = prepare_config(config)
     run_dir = Path(run_dir)
@@ -61,12 +63,14 @@ def ensure_trained_run(config: RunConfig, run_dir: str | Path, *, dataset: Image
         if result is not None and result.get("status") == "completed":
             return result, True
         resume = (run_dir / "checkpoints" / "last.pt").is_file()
-        return _trainer(config, run_dir, dataset, progress).fit(resume=resume), False
-    return _trainer(config, run_dir, dataset, progress).fit(), False
+        return _trainer(config, run_dir, dataset, progress, record).fit(resume=resume), False
+    return _trainer(config, run_dir, dataset, progress, record).fit(), False
 
 
-def _trainer(config: RunConfig, run_dir: Path, dataset: ImageDataset | None, progress: bool) -> Trainer:
-    return Trainer(config, run_dir, dataset=dataset, progress=progress, callbacks=[CutBufferHistory()])
+def _trainer(config: RunConfig, run_dir: Path, dataset: ImageDataset | None, progress: bool,
+             record: RecordReplayStates | None) -> Trainer:
+    callbacks: list[Callback] = [CutBufferHistory()] + ([record] if record is not None else [])
+    return Trainer(config, run_dir, dataset=dataset, progress=progress, callbacks=callbacks)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -100,9 +104,11 @@ def magic_analysis(
     plot_columns: Sequence[int] | None = (0, 1, 2, 3),
     plot_k: int = 6,
     dataset: ImageDataset | None = None,
+    states: Mapping[int, TrainState] | None = None,
 ) -> tuple[MagicResult, bool]:
     """MAGIC scores for the finished run in ``run_dir`` (reused when already computed for the same targets,
     measurement and dtype, unless ``force``), saved with index metadata and proponent plots.
+    ``states``: the run's states recorded while it trained (spare the replay's first pass).
     Returns (result, reused)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -113,7 +119,7 @@ def magic_analysis(
     if meta is not None and not force and _same_request(meta, targets, m.name, dtype):
         return load_magic(run_dir), True
     result = compute_magic(config, targets=targets, measure=m, checkpointing=checkpointing, tree_k=tree_k,
-                           dtype=dtype, dataset=ds, vjp=vjp, offload=offload, progress=progress)
+                           dtype=dtype, dataset=ds, vjp=vjp, offload=offload, progress=progress, states=states)
     result.settings["matches_trained_run"] = _matches_checkpoint(run_dir, result.final_state, dtype)
     if result.settings["matches_trained_run"] is False:
         log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine, library "

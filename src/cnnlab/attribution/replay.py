@@ -14,13 +14,14 @@ import dataclasses
 import resource
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from cnnlab.attribution.checkpointing import Checkpointing, make_checkpointing
 from cnnlab.data.batches import Batch
+from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.setup import RunParts
 from cnnlab.engine.step import TrainState, train_step
 
@@ -98,6 +99,7 @@ class ReplayStats:
     steps: int
     targets: int = 0
     forward_steps: int = 0      # steps run without a graph (the first forward pass included)
+    reused_states: int = 0      # states taken from the training run instead of a first forward pass
     recomputed_steps: int = 0   # forward_steps beyond the first pass
     reverse_steps: int = 0      # steps recomputed with a graph and differentiated
     peak_stored_states: int = 0
@@ -189,9 +191,13 @@ class Replay:
         return s
 
     # ------------------------------------------------------------------ the run, backwards
-    def metagradient(self, measure: MeasureState, num_targets: int) -> tuple[Tensor, Tensor, TrainState]:
+    def metagradient(self, measure: MeasureState, num_targets: int,
+                     states: Mapping[int, TrainState] | None = None) -> tuple[Tensor, Tensor, TrainState]:
         """d phi / d w for the K-vector measurement ``measure(final state)``.
 
+        ``states``: states of the same run recorded while it trained (step -> state, e.g. by
+        :class:`RecordReplayStates`); when they hold every position of the first pass and the final state,
+        that pass is skipped (it would recompute them: bitwise the same on CPU), otherwise it runs.
         Returns (tau K×N_train over dataset indices, phi (K,), the final state).
         """
         self.stats = ReplayStats(self.strategy.describe(), self.total_steps, targets=num_targets)
@@ -200,9 +206,18 @@ class Replay:
         t0 = time.perf_counter()
         T = self.total_steps
         self._store.clear()
-        s0 = self.initial_state()
-        self._put(0, s0)
-        final = self.forward(s0, 0, T, keep=set(self._needed(0, T, 0)))
+        first = self.first_pass_positions()
+        if states is not None and all(p in states for p in [*first, T]):
+            if self.dtype != torch.float32:
+                raise ValueError(f"states recorded in float32 cannot seed a {self.dtype} replay; omit them")
+            for p in first:
+                self._put(p, move_state(states[p], self.device))
+            final = move_state(states[T], self.device)
+            self.stats.reused_states = len(first) + 1
+        else:
+            s0 = self.initial_state()
+            self._put(0, s0)
+            final = self.forward(s0, 0, T, keep=set(first))
         first_forward = self.stats.forward_steps
         t1 = time.perf_counter()
         self.layout = StateLayout.of(final)
@@ -217,6 +232,10 @@ class Replay:
             self.stats.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         self.stats.max_rss_bytes = peak_rss_bytes()
         return self.tau, phi.detach(), final
+
+    def first_pass_positions(self) -> list[int]:
+        """Steps whose states the first forward pass stores (the final state, step T, is needed too)."""
+        return self._needed(0, self.total_steps, 0)
 
     def _needed(self, a: int, b: int, depth: int) -> list[int]:
         starts = self.strategy.split(a, b, depth)
@@ -305,3 +324,32 @@ class Replay:
             grads = [None if rows[0][j] is None else torch.stack([r[j] for r in rows]) for j in range(len(inputs))]
         return [torch.zeros((k, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
                 for g, x in zip(grads, inputs)]
+
+
+class RecordReplayStates(Callback):
+    """Keeps the training states a later replay's first pass needs (its checkpoint positions and the final
+    state), so that MAGIC on a run trained in this process does not run the whole training again.
+
+    The positions follow ``checkpointing``/``tree_k`` as :class:`Replay` would (k states for log, ~sqrt(T)
+    for sqrt, all T for all). States are kept by reference: the engine's step never modifies a state in place.
+    A resumed run misses the states before its checkpoint; the replay then runs its own first pass.
+    """
+
+    def __init__(self, checkpointing: str | Checkpointing = "log", tree_k: int = 4):
+        self.strategy = make_checkpointing(checkpointing, tree_k)
+        self.states: dict[int, TrainState] = {}
+        self._keep: set[int] = set()
+
+    def on_train_start(self, trainer) -> None:
+        total = len(trainer.parts.train_loader) * trainer.config.train.epochs
+        first = self.strategy.split(0, total, 0)
+        self._keep = set(range(total) if first is None else first) | {total}
+        self.states.clear()
+        self._record(trainer.state)
+
+    def on_batch_end(self, trainer, step: int) -> None:
+        self._record(trainer.state)
+
+    def _record(self, state: TrainState) -> None:
+        if state.step in self._keep:
+            self.states[state.step] = move_state(state, next(iter(state.params.values())).device)  # detached views

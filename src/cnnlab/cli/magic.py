@@ -33,6 +33,7 @@ def magic_cmd(
 
     from cnnlab.attribution.measures import list_measurements, parse_targets
     from cnnlab.attribution.pipeline import ensure_trained_run, load_run_dataset, magic_analysis
+    from cnnlab.attribution.replay import RecordReplayStates
     from cnnlab.engine.config import ConfigError, load_config
     from cnnlab.engine.trainer import TrainingDiverged
 
@@ -52,13 +53,16 @@ def magic_cmd(
         dataset = load_run_dataset(cfg)
         target_list = parse_targets(targets, len(dataset.test))
         run_dir = out or Path("runs") / f"{cfg.name}-magic-{datetime.now():%Y%m%d-%H%M%S}"
-        result, reused_run = ensure_trained_run(cfg, run_dir, dataset=dataset, progress=progress and not json_out)
+        # the training pass keeps the states the replay's first pass would recompute (float32 replays only)
+        record = RecordReplayStates(checkpointing, tree_k) if dtype == "float32" else None
+        result, reused_run = ensure_trained_run(cfg, run_dir, dataset=dataset, progress=progress and not json_out,
+                                                record=record)
         if not json_out:
             console.print(f"{'reusing' if reused_run else 'trained'} run {run_dir}: test accuracy "
                           f"{result['final']['test_acc']:.4f}")
         kw = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
                   dtype=dtypes[dtype], vjp=vjp, offload=offload, force=force, plot_columns=range(plot_targets),
-                  dataset=dataset)
+                  dataset=dataset, states=record.states if record is not None and not reused_run else None)
         if progress and not json_out:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -151,6 +151,8 @@ class Trainer:
                         self.model, self.state, batch.x, batch.y, batch.w, lr, self.parts.settings,
                         denominator=len(batch) * world, grad_reducer=reducer)
                     self._update_ema()
+                    for cb in self.callbacks:
+                        cb.on_batch_end(self, self.state.step)
                     losses.append(out.loss)
                     correct += out.correct
                     seen += len(batch)
