@@ -6,7 +6,7 @@ process), ``vmap``, ``procs`` (one process per core, one thread each) and ``auto
 probe). Every member has its own initial weights and data order. Data: 28x28 MNIST test images from
 /work/shared/data/mnist when present, else synthetic 28x28 images. Goal: auto >= 1.5x sequential.
 
-    python benchmarks/population.py [--members 16] [--models tiny_cnn simple_cnn] [--examples 512]
+    python benchmarks/population.py [--members 16] [--models tiny_cnn simple_cnn] [--examples 1024]
                                     [--batch 64] [--epochs 1] [--no-write]
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--models", nargs="+", default=["tiny_cnn", "simple_cnn"])
-    ap.add_argument("--examples", type=int, default=512)
+    ap.add_argument("--examples", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")

@@ -9,7 +9,7 @@
     call (load + validate + scan) and the whole ``cnnlab sweep status --json`` command. Goal: < 1 s.
 Writes its section of BENCHMARKS.md.
 
-    python benchmarks/sweep_overhead.py [--runs 32] [--epochs 4] [--no-write]
+    python benchmarks/sweep_overhead.py [--runs 32] [--epochs 12] [--no-write]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def big_store(root: Path, result_json: Path, n: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--status-runs", type=int, default=1000)
     ap.add_argument("--all-cores-baseline", action="store_true")
     ap.add_argument("--no-write", action="store_true")

@@ -145,7 +145,7 @@ def _pandas():
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError("results as a DataFrame need pandas (pip install pandas); "
+        raise ImportError("results as a DataFrame need pandas (pip install pandas, or the extra cnnlab[pandas]); "
                           "the plain table is ResultTable.rows, and `cnnlab results --csv` needs no pandas") from None
     return pd
 
