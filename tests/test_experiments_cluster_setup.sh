@@ -6,7 +6,7 @@
 #   export SLURM_CONF=/tmp/cnnlab-slurm/slurm.conf SGE_ROOT=/var/lib/gridengine SGE_CELL=default
 #   .venv/bin/python -m pytest -q tests/test_experiments_cluster.py
 #
-# Not part of CI (it installs system packages and starts daemons). Safe to re-run.
+# .ci/run calls it (as root, best effort) before the test suite. Safe to re-run.
 set -euo pipefail
 HOST="$(hostname)"
 CPUS="$(nproc)"
