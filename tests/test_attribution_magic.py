@@ -272,3 +272,35 @@ def test_result_helpers_rank_proponents_and_predict_removals(digits):
     idx, sc = r.opponents(0, k=2)
     assert torch.equal(sc, r.scores[:, 0].sort(descending=True).values[:2])
     torch.testing.assert_close(r.predicted_change(torch.tensor([0, 5])), -(r.scores[0] + r.scores[5]))
+
+
+def test_recorded_states_are_copies_of_native_bn_buffers_and_skipped_on_resume(digits, tmp_path):
+    raw = tiny_raw()
+    raw["train"]["bn_stats"] = "native"  # BatchNorm updates its running statistics in place
+    config = build_config(raw)
+    record = RecordReplayStates("all")
+    trainer = Trainer(config, tmp_path / "run", dataset=digits, progress=False, callbacks=[record])
+    trainer.fit()
+    mean = "features.1.running_mean"
+    assert torch.equal(record.states[0].buffers[mean], torch.zeros_like(record.states[0].buffers[mean]))
+    assert torch.equal(record.states[max(record.states)].buffers[mean], trainer.state.buffers[mean])
+    assert not torch.equal(record.states[1].buffers[mean], record.states[2].buffers[mean])
+    resumed = RecordReplayStates("all")
+    Trainer(config, tmp_path / "run", dataset=digits, progress=False, callbacks=[resumed]).fit(resume=True)
+    assert resumed.states == {}  # a resumed run lacks the early states: it records none
+
+
+def test_replay_refuses_states_of_another_run(digits):
+    config = prepare_config(build_config(tiny_raw()))
+    record = RecordReplayStates("all")
+    Trainer(config, None, dataset=digits, progress=False, callbacks=[record]).fit()
+    parts = build_run(config, dataset=digits)
+    measure = lambda s: torch.zeros(1, requires_grad=True)  # noqa: E731 - never reached
+    shifted = {p + 1: s for p, s in record.states.items()} | {0: record.states[0]}
+    with pytest.raises(ValueError, match="is the state after step"):
+        Replay(parts).metagradient(measure, 1, shifted)
+    other = prepare_config(build_config({**tiny_raw(), "model": {"name": "tiny_cnn", "options": {"widths": [4, 6]}}}))
+    with pytest.raises(ValueError, match="does not belong to this run"):
+        Replay(build_run(other, dataset=digits)).metagradient(measure, 1, record.states)
+    with pytest.raises(ValueError, match="does not belong to this run"):
+        Replay(build_run(config, dataset=digits), dtype=torch.float64).metagradient(measure, 1, record.states)

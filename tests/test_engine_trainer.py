@@ -178,3 +178,33 @@ def test_ddp_two_cpu_ranks_gloo(tmp_path):
     assert ddp["world_size"] == 2 and ddp["ranks_identical"] is True
     single = Trainer(load_config(None, overrides), None, progress=False).fit()
     assert abs(ddp["final"]["test_acc"] - single["final"]["test_acc"]) < 0.05
+
+
+def test_resume_gives_callback_states_to_callbacks_of_the_same_class(tmp_path):
+    """Saved callback states are matched by class, so a resume with one callback more or less loses nothing."""
+
+    class Counter(Callback):
+        def __init__(self):
+            self.epochs = 0
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            self.epochs += 1
+
+        def state_dict(self):
+            return {"epochs": self.epochs}
+
+        def load_state_dict(self, state):
+            self.epochs = state["epochs"]
+
+    cfg = _cfg("callbacks.checkpoint.top_k=2")
+    first = Trainer(cfg, tmp_path / "r", progress=False, callbacks=[Counter()])
+    first.fit()
+    kept = next(cb for cb in first.callbacks if type(cb).__name__ == "ModelCheckpoint").kept
+    assert len(kept) == 2
+    without = Trainer(cfg, tmp_path / "r", progress=False)  # the extra callback dropped
+    without.fit(resume=True)
+    assert next(cb for cb in without.callbacks if type(cb).__name__ == "ModelCheckpoint").kept == kept
+    counter = Counter()
+    again = Trainer(cfg, tmp_path / "r", progress=False, callbacks=[counter])
+    again.fit(resume=True)
+    assert counter.epochs == 2

@@ -94,6 +94,7 @@ def test_mi_cli_over_a_sweep_file(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["factors"] == ["wd", "bn"]
+    assert out["sweep"] == {"name": "abl", "root": str(tmp_path / "store"), "runs": 4, "analysed": 3, "skipped_not_done": 1}
     rows = out["rows"]
     assert len(rows) == 3 * 2  # three finished runs x two splits; the fourth is pending
     assert {(r["wd"], r["bn"]) for r in rows} == {("wd", "bn"), ("no_wd", "bn"), ("wd", "no_bn")}
@@ -104,3 +105,6 @@ def test_mi_cli_over_a_sweep_file(tmp_path):
     assert res.exit_code == 0 and "1 of 4 runs" in " ".join(res.output.split()), res.output
     res = runner.invoke(app, ["mi", str(tmp_path / "store"), "--root", "x"])
     assert res.exit_code == 2 and "--root and --set apply to a sweep file" in " ".join(res.output.split())
+    res = runner.invoke(app, ["mi", str(tmp_path / "typo.yaml")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "sweep file" in text and "typo.yaml' does not exist" in text, res.output

@@ -208,10 +208,9 @@ class Replay:
         self._store.clear()
         first = self.first_pass_positions()
         if states is not None and all(p in states for p in [*first, T]):
-            if self.dtype != torch.float32:
-                raise ValueError(f"states recorded in float32 cannot seed a {self.dtype} replay; omit them")
-            for p in first:
-                self._put(p, move_state(states[p], self.device))
+            self._check_states(states, [*first, T])
+            for p in first:  # (offloaded states stay on the CPU)
+                self._put(p, states[p] if self.offload else move_state(states[p], self.device))
             final = move_state(states[T], self.device)
             self.stats.reused_states = len(first) + 1
         else:
@@ -232,6 +231,20 @@ class Replay:
             self.stats.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         self.stats.max_rss_bytes = peak_rss_bytes()
         return self.tau, phi.detach(), final
+
+    def _check_states(self, states: Mapping[int, TrainState], positions: list[int]) -> None:
+        """Recorded states must be this run's: the step they claim, this replay's dtype and parameter shapes."""
+        ref = self.initial_state().params
+        for p in positions:
+            s = states[p]
+            if s.step != p:
+                raise ValueError(f"states[{p}] is the state after step {s.step}, not {p}")
+            for name, t in ref.items():
+                got = s.params.get(name)
+                if got is None or got.shape != t.shape or got.dtype != t.dtype:
+                    raise ValueError(f"states[{p}] does not belong to this run: parameter {name!r} is "
+                                     f"{None if got is None else (tuple(got.shape), got.dtype)}, the replay's model has "
+                                     f"{(tuple(t.shape), t.dtype)}")
 
     def first_pass_positions(self) -> list[int]:
         """Steps whose states the first forward pass stores (the final state, step T, is needed too)."""
@@ -331,20 +344,26 @@ class RecordReplayStates(Callback):
     state), so that MAGIC on a run trained in this process does not run the whole training again.
 
     The positions follow ``checkpointing``/``tree_k`` as :class:`Replay` would (k states for log, ~sqrt(T)
-    for sqrt, all T for all). States are kept by reference: the engine's step never modifies a state in place.
-    A resumed run misses the states before its checkpoint; the replay then runs its own first pass.
+    for sqrt, all T for all). Parameters and optimizer state are kept by reference (the step returns new
+    tensors); buffers are copied, as native BatchNorm updates its running statistics in place.
+    A resumed run lacks the states before its checkpoint: nothing is recorded and the replay runs its own
+    first pass. ``offload``: keep them in CPU memory (as ``Replay(offload=True)`` does with its states).
     """
 
-    def __init__(self, checkpointing: str | Checkpointing = "log", tree_k: int = 4):
+    def __init__(self, checkpointing: str | Checkpointing = "log", tree_k: int = 4, *, offload: bool = False):
         self.strategy = make_checkpointing(checkpointing, tree_k)
+        self.offload = offload
         self.states: dict[int, TrainState] = {}
         self._keep: set[int] = set()
 
     def on_train_start(self, trainer) -> None:
         total = len(trainer.parts.train_loader) * trainer.config.train.epochs
         first = self.strategy.split(0, total, 0)
-        self._keep = set(range(total) if first is None else first) | {total}
         self.states.clear()
+        if trainer.state.step > 0:  # resumed: the early states are gone, the replay will run its first pass
+            self._keep = set()
+            return
+        self._keep = set(range(total) if first is None else first) | {total}
         self._record(trainer.state)
 
     def on_batch_end(self, trainer, step: int) -> None:
@@ -352,4 +371,8 @@ class RecordReplayStates(Callback):
 
     def _record(self, state: TrainState) -> None:
         if state.step in self._keep:
-            self.states[state.step] = move_state(state, next(iter(state.params.values())).device)  # detached views
+            device = torch.device("cpu") if self.offload else next(iter(state.params.values())).device
+            kept = move_state(state, device)  # detached (the same storage when the device is the same)
+            kept.buffers = {k: v.clone() if v.data_ptr() == state.buffers[k].data_ptr() else v
+                            for k, v in kept.buffers.items()}
+            self.states[state.step] = kept

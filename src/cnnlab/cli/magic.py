@@ -54,7 +54,7 @@ def magic_cmd(
         target_list = parse_targets(targets, len(dataset.test))
         run_dir = out or Path("runs") / f"{cfg.name}-magic-{datetime.now():%Y%m%d-%H%M%S}"
         # the training pass keeps the states the replay's first pass would recompute (float32 replays only)
-        record = RecordReplayStates(checkpointing, tree_k) if dtype == "float32" else None
+        record = RecordReplayStates(checkpointing, tree_k, offload=offload) if dtype == "float32" else None
         result, reused_run = ensure_trained_run(cfg, run_dir, dataset=dataset, progress=progress and not json_out,
                                                 record=record)
         if not json_out:

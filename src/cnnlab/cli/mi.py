@@ -94,6 +94,9 @@ def mi_cmd(
         else:
             dest = Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "mi"
         summary = summarize(entries, plot_by, dest)
+        if sweep is not None:
+            summary["sweep"] = {"name": sweep.name, "root": str(sweep.root), "runs": len(sweep),
+                                "analysed": len(sweep_runs), "skipped_not_done": len(sweep) - len(sweep_runs)}
     except (FileNotFoundError, ValueError, KeyError) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     if json_out:
@@ -132,10 +135,12 @@ def _finished_sweep_runs(paths: list[Path], root: Optional[Path], overrides: Opt
     """(sweep, its finished runs) when ``paths`` is one sweep file, else (None, []).
 
     Raises FileNotFoundError when the sweep has no finished run yet."""
-    if not (len(paths) == 1 and paths[0].is_file() and paths[0].suffix in (".yaml", ".yml")):
+    if not (len(paths) == 1 and paths[0].suffix in (".yaml", ".yml")):
         if root is not None or overrides:
             raise ValueError("--root and --set apply to a sweep file, not to run directories")
         return None, []
+    if not paths[0].is_file():
+        raise FileNotFoundError(f"sweep file {str(paths[0])!r} does not exist")
     sweep = load_sweep(str(paths[0]), overrides, root)
     done = sweep.runs("done")
     if not done:

@@ -21,6 +21,7 @@ class Callback:
 
     def on_step_end(self, trainer: "Trainer", step: int, loss: float | None) -> None:
         """After each logged step (every ``train.log_every`` batches and at epoch ends), with the recent mean loss."""
+
     def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict[str, float]) -> None: ...
     def on_train_end(self, trainer: "Trainer", result: dict[str, Any]) -> None: ...
 

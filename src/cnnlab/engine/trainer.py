@@ -77,7 +77,7 @@ class Trainer:
             "state": self.state.tensors(),
             "ema": self.ema,
             "schedule": self.parts.schedule.state_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": [{"callback": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
             "history": self.history,
             "elapsed": self._elapsed,
             "config": self.config.to_dict(),
@@ -91,8 +91,7 @@ class Trainer:
         self.state = TrainState.from_tensors(_to_device(ckpt["state"], self.parts.device))
         self.ema = _to_device(ckpt["ema"], self.parts.device)
         self.parts.schedule.load_state_dict(ckpt["schedule"])
-        for cb, s in zip(self.callbacks, ckpt["callbacks"]):
-            cb.load_state_dict(s)
+        _restore_callbacks(self.callbacks, ckpt["callbacks"])
         self.history = ckpt["history"]
         self.epoch = int(ckpt["epoch"])
         self._elapsed = float(ckpt["elapsed"])
@@ -298,6 +297,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     return {"cnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def _restore_callbacks(callbacks: Sequence[Callback], saved: list) -> None:
+    """Give each callback the state saved by the callback of its class at the same rank among that class, so a
+    resumed run whose callback list differs (one added or dropped) never hands a state to the wrong callback."""
+    if not all(isinstance(s, dict) and set(s) == {"callback", "state"} for s in saved):
+        for cb, s in zip(callbacks, saved):  # checkpoints written before callback states were named
+            cb.load_state_dict(s)
+        return
+    pools: dict[str, list] = {}
+    for s in saved:
+        pools.setdefault(s["callback"], []).append(s["state"])
+    for cb in callbacks:
+        pool = pools.get(type(cb).__name__)
+        if pool:
+            cb.load_state_dict(pool.pop(0))
 
 
 def _config_callbacks(config: RunConfig) -> list[Callback]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.models.registry import register_model
@@ -17,6 +18,18 @@ def conv_bn_act(cin: int, cout: int, *, batchnorm: bool = True, act: type[nn.Mod
 
 _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 _POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+class HeadPool(nn.AdaptiveAvgPool2d):
+    """Adaptive average pooling to k x k, computed as a plain average pool when the map divides evenly: the
+    same numbers, and unlike adaptive pooling's CUDA backward it is deterministic (which MAGIC requires)."""
+
+    def forward(self, x):
+        k = self.output_size
+        h, w = x.shape[-2:]
+        if k != 1 and h % k == 0 and w % k == 0:  # (k == 1: torch already reduces it to a mean)
+            return F.avg_pool2d(x, (h // k, w // k))
+        return super().forward(x)
 
 
 class SmallCNN(nn.Module):
@@ -44,7 +57,7 @@ class SmallCNN(nn.Module):
             raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {sorted(_POOLS)}, got {pool!r}")
-        if int(head_pool) < 1:
+        if isinstance(head_pool, bool) or not isinstance(head_pool, int) or head_pool < 1:
             raise ValueError(f"head_pool must be a positive integer, got {head_pool!r}")
         act = _ACTS[activation]
         self.features = conv_bn_act(in_channels, widths[0], batchnorm=batchnorm, act=act)
@@ -52,9 +65,9 @@ class SmallCNN(nn.Module):
         for cin, cout in zip(widths[:-1], widths[1:]):
             stages += [_POOLS[pool](2), conv_bn_act(cin, cout, batchnorm=batchnorm, act=act)]
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(int(head_pool))
+        self.pool = HeadPool(head_pool)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(widths[-1] * int(head_pool) ** 2, num_classes)
+        self.fc = nn.Linear(widths[-1] * head_pool**2, num_classes)
 
     def gradcam_layer(self) -> nn.Module:
         return self.stages[-1] if len(self.stages) else self.features
