@@ -141,3 +141,29 @@ def test_config_errors_are_clear(tmp_path):
     assert res.exit_code == 2 and "--resume needs --out" in _text(res)
     with pytest.raises(Exception, match="train.ema"):
         build(PopulationRunConfig, {"train": {"ema": {"decay": 0.9}}})
+
+
+def test_population_train_resume_flags(tmp_path):
+    out = tmp_path / "pop"
+    args = ["population", "train", str(CONFIGS / "population_digits.yaml"), "population.size=2",
+            "population.lr=[0.02,0.05]", "train.epochs=2", "data.subset=128", "population.backend=loop", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.stdout)
+    ckpt = torch.load(out / "checkpoints" / "members_0-1_of_2.pt", weights_only=True)
+    assert ckpt["epoch"] == 2
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "already holds a result" in _text(res)
+    res = runner.invoke(app, [*args, "--resume", "--json"])  # a finished run: its result as it is
+    assert res.exit_code == 0 and json.loads(res.stdout) == first
+    (out / "result.json").unlink()  # as if killed after the last checkpoint
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "use --resume" in _text(res)
+    res = runner.invoke(app, [*args, "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert [m["test_acc"] for m in again["members"]] == [m["test_acc"] for m in first["members"]]
+    res = runner.invoke(app, [*args[:-2], "train.epochs=3", "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "config differs in train" in _text(res)
+    res = runner.invoke(app, [*args[:-2], "--resume"])
+    assert res.exit_code == 2 and "--resume needs --out" in _text(res)

@@ -204,3 +204,39 @@ def test_bad_inputs_name_the_problem(digits):
     other = BatchLoader(images[:64], labels[:64], B, seed=0)
     with pytest.raises(ValueError, match="loader 1 differs"):
         train_population(models, [loader, other], settings, epochs=1, lr=0.1)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["loop", "vmap"])
+def test_interrupted_training_resumes_bitwise_from_its_checkpoint(digits, tmp_path, backend):
+    """Killed in epoch 3 of 3 (after the epoch-2 checkpoint), the same call continues to the same weights."""
+    images, labels, _ = digits
+    models = _models(2)
+    settings = _settings(models[0])
+    loader = BatchLoader(images, labels, B, seed=1)
+    kw = dict(epochs=3, lr=_schedule, member_weights=_weights(2), backend=backend)
+    ref = train_population(models, loader, settings, **kw)
+    done = [0]
+    kill_after = 2 * len(loader) * 2 + 2 * 1  # two epochs (2 members x steps) plus one step of epoch 3
+
+    def progress(n):
+        done[0] += n
+        if done[0] > kill_after:
+            raise _Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Killed):
+        train_population(models, loader, settings, checkpoint_dir=ckpt, progress=progress, **kw)
+    saved = torch.load(next(ckpt.glob("members_*.pt")), weights_only=True)
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+    counted = []
+    resumed = train_population(models, loader, settings, checkpoint_dir=ckpt, progress=counted.append, **kw)
+    assert counted[0] == 2 * 2 * len(loader)  # the resumed part reports the member-steps already done first
+    for n in ref.state.params:
+        assert torch.equal(resumed.state.params[n], ref.state.params[n]), n
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in ref.history]
+    again = train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)  # finished: nothing left to run
+    assert all(torch.equal(again.state.params[n], ref.state.params[n]) for n in ref.state.params)

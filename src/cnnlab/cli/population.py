@@ -26,6 +26,7 @@ def train_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of tables."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Train a population (different seeds, data subsets, learning rates) with the engine's step."""
     from cnnlab.engine.config import ConfigError
@@ -38,7 +39,9 @@ def train_cmd(
         fail(str(e))
     run_dir = _run_dir(out, cfg.name)
     try:
-        result = run_population(cfg, run_dir, progress=progress and not json_out)
+        if resume and out is None:
+            raise ConfigError("--resume needs --out: the run directory to continue")
+        result = run_population(cfg, run_dir, progress=progress and not json_out, resume=resume)
     except (ConfigError, FileExistsError) as e:
         fail(str(e))
     if json_out:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from cnnlab.data import ImageDataset
 from cnnlab.data.batches import BatchLoader
-from cnnlab.engine.config import RunConfig
+from cnnlab.engine.config import ConfigError, RunConfig
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run
 from cnnlab.engine.trainer import versions
 from cnnlab.models import create_deterministic_model
@@ -83,11 +83,19 @@ def member_weights(config: PopulationRunConfig, n: int, indices: Tensor) -> Tens
 
 
 def run_population(config: PopulationRunConfig, run_dir: str | Path | None, *, dataset: ImageDataset | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Train the population of ``config``; write the run directory (when given) and return the result record."""
+                   progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train the population of ``config``; write the run directory (when given) and return the result record.
+
+    The members' states are checkpointed in ``RUN_DIR/checkpoints`` every ``train.checkpoint_every`` epochs;
+    ``resume`` continues a killed run from there (and returns a finished run's result as it is).
+    """
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None and (run_dir / "result.json").exists():
-        raise FileExistsError(f"run directory {run_dir} already holds a result; pick another --out")
+    if run_dir is not None:
+        _check_run_dir(config, run_dir, resume)
+        if resume and (run_dir / "result.json").is_file():
+            import json
+
+            return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     apply_runtime(config)
     t0 = time.perf_counter()
     parts = build_run(RunConfig.model_validate(config.model_dump(exclude={"population"})), dataset=dataset)
@@ -107,7 +115,8 @@ def run_population(config: PopulationRunConfig, run_dir: str | Path | None, *, d
         res = train_population(models, loaders, parts.settings, epochs=config.train.epochs, lr=parts.schedule.lr,
                                lr_scale=lr_scale, member_weights=weights, members=pc.size, eval_set=eval_set,
                                eval_every=pc.eval_every, backend=pc.backend, workers=pc.workers, seed=config.seed,
-                               progress=bar.advance)
+                               progress=bar.advance, checkpoint_dir=run_dir / "checkpoints" if run_dir else None,
+                               checkpoint_every=config.train.checkpoint_every)
     result = _result(config, parts, res, base_lr, weights, time.perf_counter() - t0)
     if run_dir is not None:
         save_torch_atomic(run_dir / "members.pt", {"format": STATE_FORMAT, "state": res.state.tensors(),
@@ -117,6 +126,26 @@ def run_population(config: PopulationRunConfig, run_dir: str | Path | None, *, d
         plot_member_accuracy(res.history, run_dir / "accuracy.png", f"{config.name}: {config.model.name} x {pc.size}")
         write_json_atomic(run_dir / "result.json", result)
     return result
+
+
+def _check_run_dir(config: PopulationRunConfig, run_dir: Path, resume: bool) -> None:
+    """A run directory may be new, or (with ``resume``) hold a run of exactly this config."""
+    started = (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir()
+    if not resume:
+        if (run_dir / "result.json").exists():
+            raise FileExistsError(f"run directory {run_dir} already holds a result; pick another --out")
+        if started:
+            raise FileExistsError(f"run directory {run_dir} holds an unfinished population run; use --resume to "
+                                  "continue it or pick another --out")
+        return
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        now = config.model_dump(mode="json")
+        if saved != now:
+            keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(keys)}")
 
 
 def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult, base_lr: float,

@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -32,6 +33,7 @@ from cnnlab.engine.step import StepSettings, TrainState
 from cnnlab.population.backends import make_stepper, member_losses
 from cnnlab.population.stack import Population
 from cnnlab.population.state import PopulationState
+from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 
 BACKENDS = ("auto", "vmap", "loop", "procs")
 # Start-up of the worker processes in seconds, by start method, measured on the 2-core CPU machine this
@@ -84,6 +86,8 @@ class _Plan:
     eval_every: int
     seed: int
     size: int
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 1
 
     @property
     def shared_batch(self) -> bool:
@@ -177,6 +181,8 @@ def train_population(
     workers: int | None = None,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
 ) -> PopulationResult:
     """Train a population with the engine's step and return the stacked final state.
 
@@ -205,6 +211,10 @@ def train_population(
     - ``backend``: auto | vmap | loop | procs; ``workers``: processes for ``procs`` (default: CPU cores).
     - ``seed``: seeds the dropout masks (per member and step) of models that have dropout.
     - ``progress``: called with the number of member-steps just completed.
+    - ``checkpoint_dir``: every ``checkpoint_every`` epochs each group of members trained together (all of
+      them for vmap/loop, one chunk per worker for procs) saves its state and history there atomically;
+      a later call with the same arguments continues each group from its last saved epoch (bitwise, with
+      the same backend and workers, which a resumed ``auto`` reads back from the directory).
     """
     plan = _make_plan(model, loaders, settings, epochs, lr, lr_scale, member_weights, members, eval_set, eval_every, seed)
     if backend not in BACKENDS:
@@ -212,10 +222,16 @@ def train_population(
     n_workers = _default_workers(plan.size) if workers is None else workers
     if n_workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if checkpoint_dir is not None:
+        plan.checkpoint_dir, plan.checkpoint_every = Path(checkpoint_dir), checkpoint_every
     choice = None
     if backend == "auto":
-        choice = _cached_choice(plan, n_workers)
+        choice = _recorded_choice(plan) or _cached_choice(plan, n_workers)
         backend = choice["backend"]
+        n_workers = choice.get("workers", n_workers)
+        _record_choice(plan, choice, n_workers)
     t0 = time.perf_counter()
     ids = list(range(plan.size))
     if backend == "procs":
@@ -287,10 +303,12 @@ def _default_workers(size: int) -> int:
 
 # ---------------------------------------------------------------------------- in-process training
 def _train_members(plan: _Plan, backend: str, ids: Sequence[int], progress: ProgressFn | None) -> tuple[PopulationState, list[dict]]:
-    stepper = make_stepper(backend, plan.models[0], plan.settings, plan.initial_state(ids), member_ids=ids, seed=plan.seed)
-    history: list[dict] = []
+    start, state, history = _load_checkpoint(plan, ids)
+    stepper = make_stepper(backend, plan.models[0], plan.settings, state, member_ids=ids, seed=plan.seed)
     m = len(ids)
-    for epoch in range(plan.epochs):
+    if progress is not None and start:
+        progress(m * start * plan.steps_per_epoch)  # the member-steps done before the resume
+    for epoch in range(start, plan.epochs):
         t0 = time.perf_counter()
         loss_sum = torch.zeros(m, dtype=torch.float64, device=plan.device)  # on device: no sync per step
         correct = torch.zeros(m, dtype=torch.long, device=plan.device)
@@ -312,7 +330,50 @@ def _train_members(plan: _Plan, backend: str, ids: Sequence[int], progress: Prog
         if plan.eval_set is not None and ((epoch + 1) % plan.eval_every == 0 or epoch + 1 == plan.epochs):
             record.update(_evaluate(stepper, plan.eval_set, plan.device))
         history.append(record)
+        if plan.checkpoint_dir is not None and ((epoch + 1) % plan.checkpoint_every == 0 or epoch + 1 == plan.epochs):
+            save_torch_atomic(_checkpoint_path(plan, ids), {"format": CHECKPOINT_FORMAT, "ids": list(ids), "epoch": epoch + 1,
+                                                           "state": stepper.state().to("cpu").tensors(), "history": history})
     return stepper.state(), history
+
+
+# ---------------------------------------------------------------------------- checkpoints (resume)
+CHECKPOINT_FORMAT = "cnnlab-population-checkpoint-v1"
+
+
+def _checkpoint_path(plan: _Plan, ids: Sequence[int]) -> Path:
+    assert plan.checkpoint_dir is not None
+    return plan.checkpoint_dir / f"members_{ids[0]}-{ids[-1]}_of_{plan.size}.pt"
+
+
+def _load_checkpoint(plan: _Plan, ids: Sequence[int]) -> tuple[int, PopulationState, list[dict]]:
+    """(first epoch to run, state, history so far) of the members ``ids``: from their checkpoint when one
+    exists for exactly this group, else from the initial weights."""
+    path = _checkpoint_path(plan, ids) if plan.checkpoint_dir is not None else None
+    if path is None or not path.is_file():
+        return 0, plan.initial_state(ids), []
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign or damaged file: say which
+        raise ValueError(f"cannot read population checkpoint {path}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("ids") != list(ids):
+        raise ValueError(f"{path} is not a population checkpoint of members {ids[0]}..{ids[-1]}")
+    return int(ckpt["epoch"]), PopulationState.from_tensors(ckpt["state"]).to(plan.device), list(ckpt["history"])
+
+
+def _recorded_choice(plan: _Plan) -> dict[str, Any] | None:
+    """The backend an interrupted run chose (so its checkpoints fit the resumed run's member groups)."""
+    if plan.checkpoint_dir is None or not (plan.checkpoint_dir / "backend.json").is_file():
+        return None
+    import json
+
+    choice = json.loads((plan.checkpoint_dir / "backend.json").read_text(encoding="utf-8"))
+    choice["reason"] = f"resumed with the backend the run chose before: {choice.get('reason', '')}"
+    return choice
+
+
+def _record_choice(plan: _Plan, choice: dict[str, Any], workers: int) -> None:
+    if plan.checkpoint_dir is not None:
+        write_json_atomic(plan.checkpoint_dir / "backend.json", {**choice, "workers": workers})
 
 
 @torch.no_grad()
