@@ -43,6 +43,10 @@ def train_cmd(
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"{e}; status 'diverged' written to {run_dir / 'result.json'}", code=3)
+    finally:  # under torchrun: leave the process group before this rank exits
+        from cnnlab.engine.distributed import shutdown
+
+        shutdown()
     if not trainer.is_main:
         return
     if json_out:

@@ -66,3 +66,10 @@ def all_equal(values: Tensor) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one. Exiting without it can abort a rank at
+    interpreter teardown (gloo's threads still alive: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
