@@ -21,7 +21,7 @@ from cnnlab.attribution.replay import RecordReplayStates, Replay, move_state
 from cnnlab.attribution.store import (Scores, load_baseline, load_external_scores, load_magic, magic_scores,
                                       read_magic_meta, save_baseline, save_magic)
 from cnnlab.data import ImageDataset, load_dataset
-from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.run import read_result, read_run_config
 from cnnlab.engine.setup import build_run
 from cnnlab.engine.step import TrainState
@@ -57,7 +57,7 @@ def ensure_trained_run(config: RunConfig, run_dir: str | Path, *, dataset: Image
     if (run_dir / "config.yaml").is_file():
         existing = read_run_config(run_dir).to_dict()
         if existing != config.to_dict():
-            diff = ", ".join(_diff_keys(existing, config.to_dict())[:5])
+            diff = ", ".join(f"{k} ({a!r} here, {b!r} asked)" for k, a, b in config_diff(existing, config.to_dict())[:5])
             raise ConfigError(f"{run_dir} holds a run of another config (differs at {diff}); pick another --out")
         result = read_result(run_dir)
         if result is not None and result.get("status") == "completed":
@@ -71,17 +71,6 @@ def _trainer(config: RunConfig, run_dir: Path, dataset: ImageDataset | None, pro
              record: RecordReplayStates | None) -> Trainer:
     callbacks: list[Callback] = [CutBufferHistory()] + ([record] if record is not None else [])
     return Trainer(config, run_dir, dataset=dataset, progress=progress, callbacks=callbacks)
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k} ({va!r} here, {vb!r} asked)")
-    return out
 
 
 def _same_request(meta: dict[str, Any], targets: Sequence[int], measurement: str, dtype: torch.dtype) -> bool:

@@ -22,7 +22,7 @@ from torch import Tensor
 from cnnlab import __version__
 from cnnlab.engine import distributed as dist_utils
 from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.metrics import EvalAccumulator
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_device, seeds
 from cnnlab.engine.step import TrainState, eval_logits, train_step
@@ -86,7 +86,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
         if ckpt["config"] != self.config.to_dict():
-            diff = _config_diff(ckpt["config"], self.config.to_dict())
+            diff = [f"{k} ({a!r} -> {b!r})" for k, a, b in config_diff(ckpt["config"], self.config.to_dict())]
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(diff)}")
         self.state = TrainState.from_tensors(_to_device(ckpt["state"], self.parts.device))
         self.ema = _to_device(ckpt["ema"], self.parts.device)
@@ -346,18 +346,6 @@ def _to_device(obj, device):
     if isinstance(obj, dict):
         return {k: _to_device(v, device) for k, v in obj.items()}
     return obj
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
-    return out
 
 
 def _jsonl(record: dict) -> str:

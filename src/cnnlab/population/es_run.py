@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnlab.data import ImageDataset
-from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.setup import build_run, resolve_device
 from cnnlab.engine.trainer import versions
 from cnnlab.population.bn import bn_batch_statistics, recalibrate_bn
@@ -144,7 +144,7 @@ class ESRun:
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        diff = [k for k in _diff(ckpt["config"], self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
+        diff = [k for k, _, _ in config_diff(ckpt["config"], self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
         if diff:
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(diff)} "
                               f"(only {', '.join(ES_RESUMABLE_CHANGES)} may change)")
@@ -225,17 +225,6 @@ class ESRun:
             "device": str(self.device),
             "versions": versions(),
         }
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def run_es(config: ESRunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True,

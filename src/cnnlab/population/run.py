@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from cnnlab.data import ImageDataset
 from cnnlab.data.batches import BatchLoader
-from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run
 from cnnlab.engine.trainer import versions
 from cnnlab.models import create_deterministic_model
@@ -144,8 +144,8 @@ def _check_run_dir(config: PopulationRunConfig, run_dir: Path, resume: bool) -> 
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         now = config.model_dump(mode="json")
         if saved != now:
-            keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ConfigError(f"cannot resume {run_dir}: its config differs in {', '.join(keys)}")
+            diff = [f"{k} ({a!r} -> {b!r})" for k, a, b in config_diff(saved, now)]
+            raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one at {', '.join(diff)}")
 
 
 def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult, base_lr: float,
