@@ -27,3 +27,19 @@ def test_config_diff_lists_every_differing_leaf_by_dotted_key():
     new = {"optim": {"lr": 0.2, "betas": [0.9, 0.99]}, "seed": 0, "train": {"epochs": 2, "ema": None}, "name": "x"}
     assert config_diff(old, new) == [("name", None, "x"), ("optim.lr", 0.1, 0.2)]
     assert config_diff(old, old) == []
+
+
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.2 reading of 1e-3 everywhere configs are read, including untyped model options."""
+    import yaml
+
+    from cnnlab.engine.config import load_config, parse_overrides
+
+    assert parse_overrides(["model.options.dropout=1e-1", "optim.lr=-2E+3"]) == {
+        "model": {"options": {"dropout": 0.1}}, "optim": {"lr": -2000.0}}
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: tiny_cnn, options: {dropout: 5e-1}}\noptim: {lr: 3e-2}\n")
+    cfg = load_config(path)
+    assert cfg.model.options["dropout"] == 0.5 and isinstance(cfg.model.options["dropout"], float)
+    assert cfg.optim.lr == 0.03
+    assert yaml.safe_load("1e-3") == "1e-3"  # PyYAML's own loader is left as it is

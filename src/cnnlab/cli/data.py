@@ -27,13 +27,15 @@ def _root(root: Optional[Path]) -> Path:
 def _parse_options(items: Optional[list[str]]) -> dict[str, Any]:
     import yaml
 
+    from cnnlab.utils.io import load_yaml_text
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             fail(f"--option expects KEY=VALUE, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+            out[key.strip()] = load_yaml_text(value) if value.strip() else value
         except yaml.YAMLError:
             out[key.strip()] = value
     return out

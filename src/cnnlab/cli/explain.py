@@ -58,7 +58,7 @@ def parse_names(text: str, option: str) -> list[str]:
 
 def parse_method_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["ig.n_steps=64", "gradcam.relu=false"]`` -> ``{"ig": {"n_steps": 64}, "gradcam": {"relu": False}}``."""
-    import yaml
+    from cnnlab.utils.io import load_yaml_text
 
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
@@ -66,7 +66,7 @@ def parse_method_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
         method, dot, opt = key.partition(".")
         if not sep or not dot or not method or not opt:
             raise ValueError(f"--opt {item!r} must look like method.option=value (e.g. ig.n_steps=64)")
-        out.setdefault(method, {})[opt] = yaml.safe_load(raw) if raw else ""
+        out.setdefault(method, {})[opt] = load_yaml_text(raw) if raw else ""
     return out
 
 

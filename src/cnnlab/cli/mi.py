@@ -113,12 +113,12 @@ def mi_cmd(
 
 
 def _config_of(run_dir: Path) -> dict:
-    import yaml
+    from cnnlab.utils.io import load_yaml_text
 
     p = run_dir / "config.yaml"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml")
-    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    return load_yaml_text(p.read_text(encoding="utf-8")) or {}
 
 
 def _labels(dirs: list[Path]) -> list[str]:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig, build_config
 from cnnlab.engine.setup import RunParts, build_run
 from cnnlab.engine.trainer import Trainer, load_checkpoint, model_from_state
+from cnnlab.utils.io import load_yaml_text
 
 
 @dataclass
@@ -38,7 +38,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    return build_config(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return build_config(load_yaml_text(path.read_text(encoding="utf-8")) or {})
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ that names the sweep file and the bad key.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -202,21 +201,10 @@ def _parse_factor(key: str, value: Any, where: str) -> Factor:
         values = list(values.values())
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: expected a non-empty list of values or a mapping label -> value, got {values!r}")
-    values = [_yaml12_float(v) for v in values]
     if labels is not None and len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: labels must be unique, got {list(labels)}")
     alias = dotted.rsplit(".", 1)[-1] if "." in dotted and name == dotted else None
     return Factor(name, dotted, tuple(values), labels, alias)
-
-
-_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _yaml12_float(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; a sweep value that is a number in YAML 1.2 becomes a float."""
-    if isinstance(value, str) and _EXP_FLOAT.match(value):
-        return float(value)
-    return value
 
 
 def _check_factor_names(factors: list[Factor], where: str) -> None:

@@ -29,7 +29,8 @@ from cnnlab.population.progress import ProgressBar
 from cnnlab.population.stack import Population
 from cnnlab.population.state import PopulationState
 from cnnlab.population.train import EvalSet, PopulationResult, train_population
-from cnnlab.utils.io import save_torch_atomic, to_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from cnnlab.utils.io import (load_yaml_text, save_torch_atomic, to_json, write_json_atomic, write_text_atomic,
+                             write_yaml_atomic)
 from cnnlab.utils.seeding import derive_seed, make_generator
 
 STATE_FORMAT = "cnnlab-population-v1"
@@ -139,9 +140,7 @@ def _check_run_dir(config: PopulationRunConfig, run_dir: Path, resume: bool) -> 
                                   "continue it or pick another --out")
         return
     if (run_dir / "config.yaml").is_file():
-        import yaml
-
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        saved = load_yaml_text((run_dir / "config.yaml").read_text(encoding="utf-8"))
         now = config.model_dump(mode="json")
         if saved != now:
             diff = [f"{k} ({a!r} -> {b!r})" for k, a, b in config_diff(saved, now)]
