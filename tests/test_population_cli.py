@@ -167,3 +167,7 @@ def test_population_train_resume_flags(tmp_path):
     assert res.exit_code == 2 and "differs from the saved one at train.epochs (2 -> 3)" in _text(res)
     res = runner.invoke(app, [*args[:-2], "--resume"])
     assert res.exit_code == 2 and "--resume needs --out" in _text(res)
+    (out / "result.json").unlink()
+    (out / "checkpoints" / "members_0-1_of_2.pt").write_bytes(b"truncated")
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 2 and "cannot read population checkpoint" in _text(res) and "Traceback" not in _text(res)

@@ -240,3 +240,8 @@ def test_interrupted_training_resumes_bitwise_from_its_checkpoint(digits, tmp_pa
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in ref.history]
     again = train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)  # finished: nothing left to run
     assert all(torch.equal(again.state.params[n], ref.state.params[n]) for n in ref.state.params)
+    with pytest.raises(ValueError, match="holds epoch 3 of a longer run"):
+        train_population(models, loader, settings, checkpoint_dir=ckpt, **{**kw, "epochs": 2})
+    next(ckpt.glob("members_*.pt")).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read population checkpoint"):
+        train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)

@@ -234,7 +234,7 @@ class Replay:
 
     def _check_states(self, states: Mapping[int, TrainState], positions: list[int]) -> None:
         """Recorded states must be this run's: the step they claim, this replay's dtype and parameter shapes."""
-        ref = self.initial_state().params
+        ref = {n: q for n, q in self.model.named_parameters() if q.requires_grad}  # what a state's params hold
         for p in positions:
             s = states[p]
             if s.step != p:

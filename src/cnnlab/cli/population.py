@@ -42,7 +42,7 @@ def train_cmd(
         if resume and out is None:
             raise ConfigError("--resume needs --out: the run directory to continue")
         result = run_population(cfg, run_dir, progress=progress and not json_out, resume=resume)
-    except (ConfigError, FileExistsError) as e:
+    except (ConfigError, FileExistsError, ValueError) as e:  # bad config, run dir or checkpoint
         fail(str(e))
     if json_out:
         print_json(result)

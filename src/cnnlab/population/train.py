@@ -357,6 +357,8 @@ def _load_checkpoint(plan: _Plan, ids: Sequence[int]) -> tuple[int, PopulationSt
         raise ValueError(f"cannot read population checkpoint {path}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("ids") != list(ids):
         raise ValueError(f"{path} is not a population checkpoint of members {ids[0]}..{ids[-1]}")
+    if not 0 < int(ckpt["epoch"]) <= plan.epochs:
+        raise ValueError(f"{path} holds epoch {ckpt['epoch']} of a longer run; this one has {plan.epochs} epochs")
     return int(ckpt["epoch"]), PopulationState.from_tensors(ckpt["state"]).to(plan.device), list(ckpt["history"])
 
 
