@@ -10,11 +10,12 @@ from cnnlab.attribution.lds import LDSStudy, Regime, lds_statistics, make_masks,
 from cnnlab.attribution.magic import MagicResult, compute_magic, measure_state, prepare_config
 from cnnlab.attribution.measures import Measurement, get_measurement, list_measurements, parse_targets, register_measurement
 from cnnlab.attribution.pipeline import baseline_scores, ensure_trained_run, lds_analysis, magic_analysis
-from cnnlab.attribution.replay import Replay, ReplayStats, StateLayout
+from cnnlab.attribution.replay import RecordReplayStates, Replay, ReplayStats, StateLayout
 from cnnlab.attribution.store import Scores, load_external_scores, load_magic, load_scores, run_info, save_magic
 
 __all__ = [
-    "BASELINES", "Checkpointing", "LDSStudy", "MagicResult", "Measurement", "Regime", "Replay", "ReplayStats",
+    "BASELINES", "Checkpointing", "LDSStudy", "MagicResult", "Measurement", "RecordReplayStates", "Regime", "Replay",
+    "ReplayStats",
     "Scores", "SqrtCheckpoints", "StateLayout", "StoreAll", "TreeCheckpoints", "baseline_scores", "compute_magic",
     "ensure_trained_run", "get_measurement", "lds_analysis", "lds_statistics", "list_measurements",
     "load_external_scores", "load_magic", "load_scores", "magic_analysis", "make_checkpointing", "make_masks",
