@@ -159,6 +159,36 @@ def test_looped_vjps_agree_with_batched_and_single_target(digits):
         _logits(config, digits, [4, 5]), digits.test.labels[[4, 5]], reduction="none"), rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_replay_matches_the_eager_replay(digits):
+    """AdamW (its step counter enters the compiled graph as a tensor); 3 targets in chunks of 2 and 1 (two
+    graphs, one of them sharing the recomputed step between two cotangents)."""
+    config = build_config(tiny_raw(name="adamw", lr=0.01, weight_decay=0.05))
+    eager = compute_magic(config, targets=[4, 5, 6], dataset=digits, checkpointing="all")
+    compiled = compute_magic(config, targets=[4, 5, 6], dataset=digits, checkpointing="all", compile=True,
+                             compile_chunk=2)
+    assert compiled.stats.vjp_path == "compiled (2 per call)", compiled.stats.vjp_path
+    assert compiled.stats.compile_s > 0 and compiled.settings["compile"] is True
+    torch.testing.assert_close(compiled.scores, eager.scores, rtol=1e-4, atol=1e-7 * eager.scores.abs().max().item())
+    assert torch.equal(compiled.phi, eager.phi)
+
+
+def test_compiled_replay_falls_back_to_the_eager_vjp_when_compiling_fails(digits, monkeypatch):
+    from cnnlab.attribution import compiled as compiled_mod
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler\nsecond line")
+        return call
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken)
+    config = build_config(tiny_raw())
+    eager = compute_magic(config, targets=[1, 2], dataset=digits, checkpointing="all")
+    fallback = compute_magic(config, targets=[1, 2], dataset=digits, checkpointing="all", compile=True)
+    assert torch.equal(fallback.scores, eager.scores)
+    assert fallback.stats.vjp_path == "looped (compiling failed: RuntimeError: no C++ compiler)"
+
+
 def _logits(config, dataset, targets):
     config = prepare_config(config)
     trainer = Trainer(config, None, dataset=dataset, progress=False)

@@ -112,6 +112,48 @@ def test_explicit_bn_stats_match_native_and_params_are_identical():
         torch.testing.assert_close(a.buffers[n], b.buffers[n], rtol=1e-5, atol=1e-6, msg=n)
 
 
+@pytest.mark.parametrize("differentiation", ["autograd", "func"])
+def test_self_recording_bn_is_bitwise_the_hooked_explicit_stats(differentiation):
+    """The hook-free explicit BatchNorm statistics (traceable by torch.compile) change nothing."""
+    import copy
+
+    from cnnlab.engine.step import self_recording_bn
+
+    model = _model()
+    recording = self_recording_bn(copy.deepcopy(model))
+    opt = SGD(build_param_groups(dict(model.named_parameters()), 5e-4), momentum=0.9)
+    settings = StepSettings(optimizer=opt, bn_stats="explicit")
+    a = TrainState.from_model(model, opt)
+    b = TrainState.from_model(model, opt)
+    for s in range(3):
+        x, y = _data(seed=s)
+        a, _ = train_step(model, a, x, y, torch.ones(16), 0.1, settings, differentiation=differentiation)
+        b, _ = train_step(recording, b, x, y, torch.ones(16), 0.1, settings, differentiation=differentiation)
+    for n in a.params:
+        assert torch.equal(a.params[n], b.params[n]), n
+    for n in a.buffers:
+        assert torch.equal(a.buffers[n], b.buffers[n]), n
+    # outside explicit mode the layers are ordinary BatchNorm (native running-stat updates, eval mode)
+    native = StepSettings(optimizer=opt)
+    c, _ = train_step(model, a, x, y, torch.ones(16), 0.1, native)
+    d, _ = train_step(recording, a, x, y, torch.ones(16), 0.1, native)
+    assert all(torch.equal(c.buffers[n], d.buffers[n]) for n in c.buffers)
+    recording.eval()
+    model.eval()
+    torch.testing.assert_close(recording(x), model(x), rtol=0, atol=0)
+
+
+def test_adam_accepts_a_tensor_step():
+    """A compiled replay passes the step counter as a tensor; the update is the same."""
+    p, g = torch.randn(5), torch.randn(5)
+    opt = Adam([ParamGroup("all", ("p",), 0.01)], decoupled=True)
+    s = opt.init_state({"p": p})
+    for step in (1, 7):
+        a = opt.update({"p": p}, {"p": g}, s, 0.1, step)
+        b = opt.update({"p": p}, {"p": g}, s, torch.tensor(0.1), torch.tensor(step))
+        torch.testing.assert_close(b[0]["p"], a[0]["p"], rtol=1e-6, atol=1e-7)
+
+
 def test_step_is_differentiable_wrt_example_weights_finite_differences():
     """d(loss after 3 steps)/d w_i by reverse mode through the step equals central finite differences (float64)."""
     torch.manual_seed(0)

@@ -45,7 +45,8 @@ def prepare_config(config: RunConfig) -> RunConfig:
         raise ConfigError("train.ema: MAGIC differentiates the trained weights themselves; an EMA of them is "
                           "not replayed. Remove train.ema")
     if t.compile:
-        raise ConfigError("train.compile: the replay needs double backward through the eager step; set train.compile=false")
+        raise ConfigError("train.compile: a compiled training run is not bitwise the eager one the replay recomputes; "
+                          "set train.compile=false (the replay itself compiles with compile=True / cnnlab magic --compile)")
     if config.schedule.name == "plateau":
         raise ConfigError("schedule.name: 'plateau' changes the rate from evaluation results at epoch ends; "
                           "MAGIC needs a schedule that is a function of the step (onecycle, cosine, step, ...)")
@@ -159,13 +160,17 @@ def compute_magic(
     offload: bool = False,
     progress: Callable[[int, int], None] | None = None,
     states: Mapping[int, TrainState] | None = None,
+    compile: bool = False,
+    compile_chunk: int = 4,
 ) -> MagicResult:
     """MAGIC scores of every training example for ``measure`` on test ``targets`` (default 0..49).
 
     One replay serves all K targets (``vjp``: auto | batched | looped, see :class:`Replay`).
     ``dtype=torch.float64`` converts model and data (exactness checks). ``states``: the run's states
     recorded while it trained (:class:`~cnnlab.attribution.replay.RecordReplayStates`), which spare the
-    replay its first forward pass (float32 only).
+    replay its first forward pass (float32 only). ``compile``: reverse the steps with a torch.compile'd VJP,
+    ``compile_chunk`` targets per call (:class:`~cnnlab.attribution.compiled.CompiledReverseStep`; pays off
+    for runs of hundreds of steps and more).
     """
     config = prepare_config(config)
     apply_runtime(config)
@@ -185,7 +190,7 @@ def compute_magic(
         raise ValueError(f"targets: {bad[:5]} are outside the test split [0, {len(parts.dataset.test)})")
 
     replay = Replay(parts, dtype=dtype, checkpointing=checkpointing, tree_k=tree_k, offload=offload, vjp=vjp,
-                    progress=progress)
+                    compile=compile, compile_chunk=compile_chunk, progress=progress)
     x, y = target_data(parts, targets, dtype)
     t0 = time.perf_counter()
     tau, phi, final = replay.metagradient(lambda s: measure_state(parts, s, x, y, m), len(targets),
@@ -193,7 +198,7 @@ def compute_magic(
     train_idx = parts.train_loader.indices
     scores = tau[:, train_idx.to(tau.device)].T.contiguous().cpu()
     settings = {"checkpointing": replay.strategy.describe(), "dtype": str(dtype).replace("torch.", ""),
-                "device": str(parts.device), "vjp": vjp, "offload": replay.offload,
+                "device": str(parts.device), "vjp": vjp, "offload": replay.offload, "compile": compile,
                 "time_s": time.perf_counter() - t0, "config": config.to_dict()}
     return MagicResult(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name,
                        m.higher_is_better, phi.cpu(), replay.stats, warnings, settings, final)

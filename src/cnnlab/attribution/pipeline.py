@@ -94,10 +94,13 @@ def magic_analysis(
     plot_k: int = 6,
     dataset: ImageDataset | None = None,
     states: Mapping[int, TrainState] | None = None,
+    compile: bool = False,
+    compile_chunk: int = 4,
 ) -> tuple[MagicResult, bool]:
     """MAGIC scores for the finished run in ``run_dir`` (reused when already computed for the same targets,
     measurement and dtype, unless ``force``), saved with index metadata and proponent plots.
     ``states``: the run's states recorded while it trained (spare the replay's first pass).
+    ``compile``/``compile_chunk``: see :func:`~cnnlab.attribution.magic.compute_magic`.
     Returns (result, reused)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -108,7 +111,8 @@ def magic_analysis(
     if meta is not None and not force and _same_request(meta, targets, m.name, dtype):
         return load_magic(run_dir), True
     result = compute_magic(config, targets=targets, measure=m, checkpointing=checkpointing, tree_k=tree_k,
-                           dtype=dtype, dataset=ds, vjp=vjp, offload=offload, progress=progress, states=states)
+                           dtype=dtype, dataset=ds, vjp=vjp, offload=offload, progress=progress, states=states,
+                           compile=compile, compile_chunk=compile_chunk)
     # a replay seeded with the training run's own states explains that run by construction: nothing to compare
     result.settings["matches_trained_run"] = (None if result.stats.reused_states
                                               else _matches_checkpoint(run_dir, result.final_state, dtype))

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.attribution.checkpointing import Checkpointing, make_checkpointing
+from cnnlab.attribution.compiled import CompiledReverseStep
 from cnnlab.data.batches import Batch
 from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.setup import RunParts
@@ -108,6 +109,7 @@ class ReplayStats:
     cuda_peak_bytes: int | None = None
     max_rss_bytes: int | None = None  # peak RSS of the process (CPU)
     vjp_path: str = ""
+    compile_s: float = 0.0  # compiled replay: wall time of the calls that compiled the reversed step
     forward_s: float = 0.0
     reverse_s: float = 0.0
 
@@ -127,12 +129,16 @@ class Replay:
     default; the step's weights are ``weights[batch.index]``. ``offload``: keep stored states on the CPU.
     ``vjp``: how K cotangents go through a step: "batched" (one ``is_grads_batched`` VJP, falling back to
     "looped" if an op has no batching rule), "looped" (K VJPs on one retained graph) or "auto" (batched on
-    CUDA, looped elsewhere). ``progress(done, total)`` is called after each reversed step.
+    CUDA, looped elsewhere). ``compile``: reverse each step with a torch.compile'd VJP
+    (:class:`~cnnlab.attribution.compiled.CompiledReverseStep`, ``compile_chunk`` cotangents per call;
+    equal to the eager VJP up to float rounding, falls back to it if compiling fails).
+    ``progress(done, total)`` is called after each reversed step.
     """
 
     def __init__(self, parts: RunParts, *, dtype: torch.dtype = torch.float32, weights: Tensor | None = None,
                  checkpointing: str | Checkpointing = "log", tree_k: int = 4, offload: bool = False,
-                 vjp: str = "auto", progress: Callable[[int, int], None] | None = None):
+                 vjp: str = "auto", compile: bool = False, compile_chunk: int = 4,
+                 progress: Callable[[int, int], None] | None = None):
         self.parts = parts
         self.model = parts.model
         self.device = parts.device
@@ -153,6 +159,10 @@ class Replay:
         if vjp not in VJP_MODES:
             raise ValueError(f"vjp must be one of {', '.join(VJP_MODES)}, got {vjp!r}")
         self.batched = vjp == "batched" or (vjp == "auto" and self.device.type == "cuda")
+        if compile_chunk < 1:
+            raise ValueError(f"compile_chunk must be >= 1, got {compile_chunk}")
+        self.compile, self.compile_chunk = compile, compile_chunk
+        self._compiled: CompiledReverseStep | None = None
         self.progress = progress
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * parts.config.train.epochs
@@ -220,6 +230,8 @@ class Replay:
         first_forward = self.stats.forward_steps
         t1 = time.perf_counter()
         self.layout = StateLayout.of(final)
+        if self.compile and self._compiled is None:
+            self._compiled = CompiledReverseStep(self.model, self.settings, self.layout, chunk=self.compile_chunk)
         phi, cot = self._measure_vjp(measure, final, num_targets)
         self.tau = torch.zeros(num_targets, self.weights.shape[0], dtype=self.dtype, device=self.device)
         self._reverse(0, T, 0, cot)
@@ -230,6 +242,11 @@ class Replay:
         if self.device.type == "cuda":
             self.stats.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         self.stats.max_rss_bytes = peak_rss_bytes()
+        if self._compiled is not None:
+            self.stats.compile_s = self._compiled.compile_s
+            c = self._compiled
+            self.stats.vjp_path = (f"compiled ({c.chunk} per call)" if c.error is None
+                                   else f"{self.stats.vjp_path} (compiling failed: {c.error})")
         return self.tau, phi.detach(), final
 
     def _check_states(self, states: Mapping[int, TrainState], positions: list[int]) -> None:
@@ -300,17 +317,25 @@ class Replay:
         return phi, grads
 
     def _vjp_step(self, t: int, state: TrainState, cot: list[Tensor]) -> list[Tensor]:
-        leaves, s = self.layout.leaves(state)
         b = self.batch(t)
-        w = self.weights[b.index].detach().requires_grad_(True)
-        with torch.enable_grad():
-            new, _ = train_step(self.model, s, b.x, b.y, w, self.parts.schedule.lr(t), self.settings, create_graph=True)
-        grads = self._vjp(self.layout.flatten(new), leaves + [w], cot, len(cot[0]) if cot else 0)
+        grads = self._compiled_vjp(t, state, b, cot) if self._compiled is not None else None
+        if grads is None:
+            leaves, s = self.layout.leaves(state)
+            w = self.weights[b.index].detach().requires_grad_(True)
+            with torch.enable_grad():
+                new, _ = train_step(self.model, s, b.x, b.y, w, self.parts.schedule.lr(t), self.settings, create_graph=True)
+            grads = self._vjp(self.layout.flatten(new), leaves + [w], cot, len(cot[0]) if cot else 0)
         self.tau.index_add_(1, b.index, grads[-1].to(self.tau.dtype))
         self.stats.reverse_steps += 1
         if self.progress is not None:
             self.progress(self.stats.reverse_steps, self.total_steps)
         return grads[:-1]
+
+    def _compiled_vjp(self, t: int, state: TrainState, b: Batch, cot: list[Tensor]) -> list[Tensor] | None:
+        assert self._compiled is not None
+        with torch.enable_grad():
+            grads = self._compiled(state, b.x, b.y, self.weights[b.index], self.parts.schedule.lr(t), cot)
+        return grads
 
     def _vjp(self, outputs: list[Tensor], inputs: list[Tensor], cot: list[Tensor], k: int) -> list[Tensor]:
         """Σ_out cot_k · d out / d inputs for each of the K cotangent rows -> one (K, *input) tensor per input."""

@@ -23,6 +23,10 @@ def magic_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 (the trained run) | float64 (exactness checks)."),
     vjp: str = typer.Option("auto", "--vjp", help="auto (batched on CUDA, looped on CPU) | batched | looped"),
     offload: bool = typer.Option(False, "--offload", help="Keep stored training states on the CPU (GPU runs)."),
+    compile: bool = typer.Option(False, "--compile", help="Reverse the steps with a torch.compile'd VJP (faster per "
+                                 "step; compiling takes tens of seconds, so for runs of hundreds of steps or more)."),
+    compile_chunk: int = typer.Option(4, "--compile-chunk", help="Targets per compiled VJP call (larger: faster per "
+                                      "target, longer to compile)."),
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
@@ -48,6 +52,8 @@ def magic_cmd(
         fail(f"--vjp must be auto, batched or looped, got {vjp!r}")
     if tree_k < 2:
         fail(f"--tree-k must be >= 2, got {tree_k}")
+    if compile_chunk < 1:
+        fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
     try:
         cfg = load_config(config, overrides or [])
         dataset = load_run_dataset(cfg)
@@ -61,7 +67,8 @@ def magic_cmd(
             console.print(f"{'reusing' if reused_run else 'trained'} run {run_dir}: test accuracy "
                           f"{result['final']['test_acc']:.4f}")
         kw = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
-                  dtype=dtypes[dtype], vjp=vjp, offload=offload, force=force, plot_columns=range(plot_targets),
+                  dtype=dtypes[dtype], vjp=vjp, offload=offload, compile=compile,
+                  compile_chunk=compile_chunk, force=force, plot_columns=range(plot_targets),
                   dataset=dataset, states=record.states if record is not None and not reused_run else None)
         if progress and not json_out:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -93,6 +100,7 @@ def magic_cmd(
             ("checkpointing", s.checkpointing), ("steps", s.steps), ("recomputed steps", s.recomputed_steps),
             ("peak stored states", s.peak_stored_states), ("peak stored MiB", s.peak_stored_bytes / 2**20),
             ("VJP path", s.vjp_path), ("replay time (s)", s.forward_s + s.reverse_s),
+            *([("of which compiling (s)", s.compile_s)] if s.compile_s else []),
             ("matches trained run", summary["matches_trained_run"])]
     if (run_dir / "plots" / "proponents.png").is_file():
         rows.append(("plot", str(run_dir / "plots" / "proponents.png")))

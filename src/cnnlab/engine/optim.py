@@ -65,7 +65,7 @@ class FunctionalOptimizer:
     def init_state(self, params: Params) -> OptState:
         return {n: {k: torch.zeros_like(params[n]) for k in self.state_keys} for g in self.groups for n in g.params}
 
-    def update(self, params: Params, grads: Params, state: OptState, lr: float | Tensor, step: int) -> tuple[Params, OptState]:
+    def update(self, params: Params, grads: Params, state: OptState, lr: float | Tensor, step: int | Tensor) -> tuple[Params, OptState]:
         """Return new params and state; ``step`` counts from 1 (the update being made)."""
         new_params: Params = dict(params)
         new_state: OptState = {}
@@ -119,8 +119,11 @@ class Adam(FunctionalOptimizer):
                 g = g + wd * p
         m = torch.lerp(s["exp_avg"], g, 1 - b1)
         v = s["exp_avg_sq"] * b2 + (1 - b2) * g * g
-        bc1 = 1 - b1**step
-        bc2_sqrt = math.sqrt(1 - b2**step)
+        if isinstance(step, int):
+            bc1, bc2_sqrt = 1 - b1**step, math.sqrt(1 - b2**step)
+        else:  # a compiled replay's graph input: float64 0-d tensors, as precise as the Python floats above
+            s64 = step.to(torch.float64)
+            bc1, bc2_sqrt = 1 - b1**s64, (1 - b2**s64).sqrt()
         denom = v.sqrt() / bc2_sqrt + self.eps
         return p - (lr / bc1) * m / denom, {"exp_avg": m, "exp_avg_sq": v}
 

@@ -8,6 +8,7 @@ through it with ``create_graph=True``) and populations (vmapped or looped). Loss
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -116,6 +117,44 @@ def explicit_bn_stats(model: nn.Module, out: dict[str, tuple[Tensor, Tensor]]) -
             m.track_running_stats = True
 
 
+_SINK = "_cnnlab_bn_sink"  # attribute a self-recording BatchNorm layer writes its batch statistics to
+_SELF_RECORDING = "_cnnlab_bn_self_recording"
+
+
+def _self_recording_bn_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor, *, name: str) -> Tensor:
+    sink = getattr(self, _SINK, None)
+    if sink is None or not self.training:
+        return type(self).forward(self, x)
+    dims = [0] + list(range(2, x.ndim))
+    var, mean = torch.var_mean(x, dim=dims, correction=1)
+    sink[name] = (mean, var)
+    return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def self_recording_bn(model: nn.Module) -> nn.Module:
+    """Let ``model``'s BatchNorm layers report their batch statistics themselves in explicit mode.
+
+    Same arithmetic as :func:`explicit_bn_stats`, but with no hooks registered per step, which
+    torch.compile cannot trace. Changes ``model`` in place (give it a private copy) and returns it.
+    """
+    for name, m in _batchnorms(model).items():
+        m.forward = functools.partial(_self_recording_bn_forward, m, name=name)  # type: ignore[method-assign]
+    setattr(model, _SELF_RECORDING, True)
+    return model
+
+
+@contextlib.contextmanager
+def _bn_sinks(model: nn.Module, out: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
+    bns = _batchnorms(model).values()
+    for m in bns:
+        setattr(m, _SINK, out)
+    try:
+        yield
+    finally:
+        for m in bns:
+            delattr(m, _SINK)
+
+
 def _updated_buffers(model: nn.Module, buffers: dict[str, Tensor], stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     new = dict(buffers)
     bns = _batchnorms(model)
@@ -142,7 +181,10 @@ def forward_loss(
     """Train-mode forward: (weighted loss, (logits, buffers after this batch))."""
     stats: dict[str, tuple[Tensor, Tensor]] = {}
     explicit = settings.bn_stats == "explicit"
-    ctx = explicit_bn_stats(model, stats) if explicit else contextlib.nullcontext()
+    if not explicit:
+        ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:
+        ctx = _bn_sinks(model, stats) if getattr(model, _SELF_RECORDING, False) else explicit_bn_stats(model, stats)
     amp = (
         torch.autocast(device_type=x.device.type, dtype=settings.autocast_dtype)
         if settings.autocast_dtype is not None
