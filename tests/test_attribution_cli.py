@@ -112,6 +112,8 @@ def test_clear_errors(tmp_path):
     assert res.exit_code == 2 and "train.precision" in flat(res) and "Traceback" not in res.output
     res = runner.invoke(app, ["magic", str(cfg), "--measure", "accuracy"])
     assert res.exit_code == 2 and "--measure must be one of" in flat(res)
+    res = runner.invoke(app, ["magic", str(cfg), "--compile", "--compile-chunk", "0"])
+    assert res.exit_code == 2 and "--compile-chunk must be >= 1" in flat(res)
     cfg.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(app, ["magic", str(cfg), "--targets", "0-9999", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "outside the test split" in flat(res)
@@ -119,3 +121,23 @@ def test_clear_errors(tmp_path):
     assert res.exit_code == 2 and "no MAGIC scores" in flat(res)
     res = runner.invoke(app, ["runs", "info", str(tmp_path)])
     assert res.exit_code == 2 and "not a run directory" in flat(res)
+
+
+def test_magic_compile_flag_reaches_the_replay(tmp_path, monkeypatch):
+    """--compile builds the compiled reverse step (here made to fail, so the run is fast): the summary
+    reports the eager fallback and why."""
+    from cnnlab.attribution import compiled as compiled_mod
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("inductor unavailable")
+        return call
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    res = runner.invoke(app, ["magic", str(cfg), "--targets", "0-1", "--out", str(tmp_path / "r"), "--compile",
+                              "--plot-targets", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)["stats"]
+    assert stats["vjp_path"] == "looped (compiling failed: RuntimeError: inductor unavailable)"

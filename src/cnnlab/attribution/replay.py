@@ -5,7 +5,8 @@ batch recomputable (``loader.batch(epoch, i)``). Reversing step t recomputes it 
 with ``create_graph=True`` and takes one vector-Jacobian product: the cotangent of state_t and the
 contribution to d phi / d w for the batch's examples. K measurements share one replay and one
 recompute per step: K cotangents either batched through ``is_grads_batched`` (vmap; fast on GPUs) or as
-K VJPs on one retained graph (faster on CPUs, where vmap turns convolutions into grouped ones).
+K VJPs on one retained graph (faster on CPUs, where vmap turns convolutions into grouped ones), or,
+with ``compile=True``, through a torch.compile'd VJP of the same step (:mod:`cnnlab.attribution.compiled`).
 """
 
 from __future__ import annotations
@@ -243,8 +244,8 @@ class Replay:
             self.stats.cuda_peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         self.stats.max_rss_bytes = peak_rss_bytes()
         if self._compiled is not None:
-            self.stats.compile_s = self._compiled.compile_s
             c = self._compiled
+            self.stats.compile_s = c.compile_s
             self.stats.vjp_path = (f"compiled ({c.chunk} per call)" if c.error is None
                                    else f"{self.stats.vjp_path} (compiling failed: {c.error})")
         return self.tau, phi.detach(), final
@@ -318,7 +319,10 @@ class Replay:
 
     def _vjp_step(self, t: int, state: TrainState, cot: list[Tensor]) -> list[Tensor]:
         b = self.batch(t)
-        grads = self._compiled_vjp(t, state, b, cot) if self._compiled is not None else None
+        grads = None
+        if self._compiled is not None:  # None back when compiling failed: the eager VJP below
+            with torch.enable_grad():
+                grads = self._compiled(state, b.x, b.y, self.weights[b.index], self.parts.schedule.lr(t), cot)
         if grads is None:
             leaves, s = self.layout.leaves(state)
             w = self.weights[b.index].detach().requires_grad_(True)
@@ -330,12 +334,6 @@ class Replay:
         if self.progress is not None:
             self.progress(self.stats.reverse_steps, self.total_steps)
         return grads[:-1]
-
-    def _compiled_vjp(self, t: int, state: TrainState, b: Batch, cot: list[Tensor]) -> list[Tensor] | None:
-        assert self._compiled is not None
-        with torch.enable_grad():
-            grads = self._compiled(state, b.x, b.y, self.weights[b.index], self.parts.schedule.lr(t), cot)
-        return grads
 
     def _vjp(self, outputs: list[Tensor], inputs: list[Tensor], cot: list[Tensor], k: int) -> list[Tensor]:
         """Σ_out cot_k · d out / d inputs for each of the K cotangent rows -> one (K, *input) tensor per input."""
