@@ -4,8 +4,8 @@ Eagerly, reversing a step runs hundreds of small kernels: the double backward of
 GELU are chains of elementwise ops, each reading and writing whole activations. Compiled, they fuse.
 The function compiled is still the engine's own ``train_step`` (traced through ``torch.func.vjp``,
 with the ``func`` differentiation path), so the replay keeps one definition of the step; results
-differ from the eager VJP only by float rounding. Compiling costs tens of seconds once per batch
-shape and number of cotangents, so it pays off for runs of hundreds of steps and more.
+differ from the eager VJP only by float rounding. Compiling costs minutes once per batch shape and
+number of cotangents (seconds when inductor's on-disk cache holds the graph), so it pays off for long runs.
 """
 
 from __future__ import annotations

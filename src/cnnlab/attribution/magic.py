@@ -170,7 +170,7 @@ def compute_magic(
     recorded while it trained (:class:`~cnnlab.attribution.replay.RecordReplayStates`), which spare the
     replay its first forward pass (float32 only). ``compile``: reverse the steps with a torch.compile'd VJP,
     ``compile_chunk`` targets per call (:class:`~cnnlab.attribution.compiled.CompiledReverseStep`; pays off
-    for runs of hundreds of steps and more).
+    for long runs: compiling takes minutes, seconds from inductor's cache).
     """
     config = prepare_config(config)
     apply_runtime(config)

@@ -24,7 +24,7 @@ def magic_cmd(
     vjp: str = typer.Option("auto", "--vjp", help="auto (batched on CUDA, looped on CPU) | batched | looped"),
     offload: bool = typer.Option(False, "--offload", help="Keep stored training states on the CPU (GPU runs)."),
     compile: bool = typer.Option(False, "--compile", help="Reverse the steps with a torch.compile'd VJP (faster per "
-                                 "step; compiling takes tens of seconds, so for runs of hundreds of steps or more)."),
+                                 "step; compiling takes minutes the first time, ~10 s from inductor's cache: for long runs)."),
     compile_chunk: int = typer.Option(4, "--compile-chunk", help="Targets per compiled VJP call (larger: faster per "
                                       "target, longer to compile)."),
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
