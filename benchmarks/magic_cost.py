@@ -268,7 +268,7 @@ def write_markdown(rows: list[dict], args) -> None:
               "compiles in seconds (16 s for the second 10-per-call row), a new one takes minutes (271 s for the "
               "first 10-per-call row; rows marked 'cold' start from an empty `TORCHINDUCTOR_CACHE_DIR`, "
               "`--cold-compile`). So `--compile` pays off for long runs "
-              "(the seed's ResNet-9 CIFAR-10 runs have ~1,000 steps) or repeated analyses of one setting; for a "
+              "(the seed's ResNet-9 CIFAR-10 config runs 1,200 steps) or repeated analyses of one setting; for a "
               "20-step run like this one, the first replay's wall time with compiling is higher than eager. End to "
               "end with `cnnlab magic --compile` on a tiny 8x8 digits model (460 steps, 4 targets): eager replay "
               "20.5 s; compiled 143.5 s of which 128.3 s compiling (two batch shapes, new graphs), then 24.1 s of "
