@@ -135,8 +135,9 @@ def test_self_recording_bn_is_bitwise_the_hooked_explicit_stats(differentiation)
         assert torch.equal(a.buffers[n], b.buffers[n]), n
     # outside explicit mode the layers are ordinary BatchNorm (native running-stat updates, eval mode)
     native = StepSettings(optimizer=opt)
-    c, _ = train_step(model, a, x, y, torch.ones(16), 0.1, native)
-    d, _ = train_step(recording, a, x, y, torch.ones(16), 0.1, native)
+    c, _ = train_step(model, copy.deepcopy(a), x, y, torch.ones(16), 0.1, native)  # (native BN updates the
+    d, _ = train_step(recording, copy.deepcopy(a), x, y, torch.ones(16), 0.1, native)  # buffers in place)
+    assert not torch.equal(c.buffers["features.1.running_mean"], a.buffers["features.1.running_mean"])
     assert all(torch.equal(c.buffers[n], d.buffers[n]) for n in c.buffers)
     recording.eval()
     model.eval()
