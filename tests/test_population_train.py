@@ -245,3 +245,34 @@ def test_interrupted_training_resumes_bitwise_from_its_checkpoint(digits, tmp_pa
     next(ckpt.glob("members_*.pt")).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read population checkpoint"):
         train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)
+
+
+def test_resumed_auto_run_keeps_the_backend_it_chose(digits, tmp_path, monkeypatch):
+    """auto's choice is saved with the checkpoints: a resume reuses it without probing again (its member
+    groups must match the checkpoints), and an unreadable record is a clear error."""
+    import json
+
+    from cnnlab.population import train as train_mod
+
+    images, labels, _ = digits
+    models = _models(2)
+    settings = _settings(models[0])
+    loader = BatchLoader(images, labels, B, seed=1)
+    kw = dict(epochs=1, lr=_schedule, member_weights=_weights(2), backend="auto", workers=1)
+    ckpt = tmp_path / "ckpt"
+    first = train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)
+    saved = json.loads((ckpt / "backend.json").read_text(encoding="utf-8"))
+    assert saved["backend"] == first.backend and saved["workers"] == 1
+
+    def no_probe(*a, **k):
+        raise AssertionError("a resumed auto run probed the backends again")
+
+    monkeypatch.setattr(train_mod, "_cached_choice", no_probe)
+    for _ in range(2):  # resuming twice leaves the record as the first run wrote it
+        again = train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)
+        assert again.backend == first.backend
+        assert again.choice["reason"].startswith("resumed with the backend the run chose before")
+        assert json.loads((ckpt / "backend.json").read_text(encoding="utf-8")) == saved
+    (ckpt / "backend.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot read .*backend.json"):
+        train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)

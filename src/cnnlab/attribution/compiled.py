@@ -33,8 +33,7 @@ class CompiledReverseStep:
     """
 
     def __init__(self, model: nn.Module, settings: StepSettings, layout, *, chunk: int = 4):
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        # (``chunk`` >= 1 is checked where users set it: Replay's ``compile_chunk``)
         self.model = self_recording_bn(copy.deepcopy(model))  # a private copy: the user's model is not patched
         self.settings = settings
         self.layout = layout

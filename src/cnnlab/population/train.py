@@ -228,10 +228,12 @@ def train_population(
         plan.checkpoint_dir, plan.checkpoint_every = Path(checkpoint_dir), checkpoint_every
     choice = None
     if backend == "auto":
-        choice = _recorded_choice(plan) or _cached_choice(plan, n_workers)
+        choice = _recorded_choice(plan)
+        if choice is None:
+            choice = _cached_choice(plan, n_workers)
+            _record_choice(plan, choice, n_workers)
         backend = choice["backend"]
         n_workers = choice.get("workers", n_workers)
-        _record_choice(plan, choice, n_workers)
     t0 = time.perf_counter()
     ids = list(range(plan.size))
     if backend == "procs":
@@ -368,9 +370,14 @@ def _recorded_choice(plan: _Plan) -> dict[str, Any] | None:
         return None
     import json
 
-    choice = json.loads((plan.checkpoint_dir / "backend.json").read_text(encoding="utf-8"))
-    choice["reason"] = f"resumed with the backend the run chose before: {choice.get('reason', '')}"
-    return choice
+    path = plan.checkpoint_dir / "backend.json"
+    try:
+        choice = json.loads(path.read_text(encoding="utf-8"))
+        if choice["backend"] not in BACKENDS or choice["backend"] == "auto":
+            raise ValueError(f"unknown backend {choice['backend']!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read {path} (the backend an interrupted run chose): {e}") from None
+    return {**choice, "reason": f"resumed with the backend the run chose before: {choice.get('reason', '')}"}
 
 
 def _record_choice(plan: _Plan, choice: dict[str, Any], workers: int) -> None:
