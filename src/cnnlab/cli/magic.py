@@ -23,7 +23,7 @@ def magic_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 (the trained run) | float64 (exactness checks)."),
     vjp: str = typer.Option("auto", "--vjp", help="auto (batched on CUDA, looped on CPU) | batched | looped"),
     offload: bool = typer.Option(False, "--offload", help="Keep stored training states on the CPU (GPU runs)."),
-    compile: bool = typer.Option(False, "--compile", help="Reverse the steps with a torch.compile'd VJP (faster per "
+    compile: bool = typer.Option(False, "--compile", help="Reverse the steps with a torch.compile'd VJP instead of --vjp's (faster per "
                                  "step; compiling takes minutes the first time, ~10 s from inductor's cache: for long runs)."),
     compile_chunk: int = typer.Option(4, "--compile-chunk", help="Targets per compiled VJP call (larger: faster per "
                                       "target, longer to compile)."),
