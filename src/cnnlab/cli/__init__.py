@@ -6,6 +6,7 @@ import typer
 
 from cnnlab.cli import data as _data
 from cnnlab.cli import explain as _explain
+from cnnlab.cli import export as _export
 from cnnlab.cli import lds as _lds
 from cnnlab.cli import magic as _magic
 from cnnlab.cli import mi as _mi
@@ -37,6 +38,7 @@ app.command("profile")(_profile.profile_cmd)
 app.command("magic")(_magic.magic_cmd)
 app.command("lds")(_lds.lds_cmd)
 app.add_typer(_runs.app, name="runs")
+app.command("export")(_export.export_cmd)
 app.add_typer(_population.app, name="population")
 
 
