@@ -1,3 +1,5 @@
+"""`python -m cnnlab`: the cnnlab command."""
+
 from cnnlab.cli import main
 
 main()

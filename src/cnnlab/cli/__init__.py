@@ -24,8 +24,24 @@ app = typer.Typer(
     help="Fast, reproducible, analysable experiments on convolutional image classifiers.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cnnlab import __version__
+
+        typer.echo(f"cnnlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print cnnlab's version and exit."),
+) -> None:
+    """Fast, reproducible, analysable experiments on convolutional image classifiers."""
 app.add_typer(_models.app, name="models")
 app.add_typer(_data.app, name="data")
 app.command("train")(_train.train_cmd)

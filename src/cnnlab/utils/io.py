@@ -6,11 +6,11 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 import yaml
 
 
@@ -53,7 +53,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # never imported here: a tensor exists only if torch already is
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
@@ -80,6 +81,8 @@ def write_yaml_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
     """torch.save via a temp file + rename, so a killed process never leaves a truncated checkpoint."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
