@@ -117,9 +117,20 @@ class CheckpointConfig(_Strict):
     top_k: int = Field(1, ge=0)
 
 
+class CallbackSpec(_Strict):
+    """A callback from the user's code, as LightningCLI spells it: a class (or factory) and its arguments."""
+
+    class_path: str = Field(..., description="import path of a Callback class or factory, 'package.module:Name'")
+    init_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments it is called with")
+
+
 class CallbacksConfig(_Strict):
     early_stopping: Optional[EarlyStoppingConfig] = None
     checkpoint: Optional[CheckpointConfig] = None
+    loggers: list[Literal["csv", "tensorboard"]] = Field(
+        default_factory=list, description="metrics.csv (csv) and TensorBoard events in tb/ (tensorboard)")
+    curves: bool = Field(True, description="write curves.png (loss/accuracy per epoch) at the end of training")
+    custom: list[CallbackSpec] = Field(default_factory=list, description="callbacks by import path")
 
 
 class TrainConfig(_Strict):

@@ -323,6 +323,17 @@ def _config_callbacks(config: RunConfig) -> list[Callback]:
     ck = config.callbacks.checkpoint
     if ck is not None:
         out.append(ModelCheckpoint(ck.monitor, ck.mode, ck.top_k))
+    from cnnlab.engine.loggers import LOGGERS, CurvesPlot, custom_callback
+
+    for name in config.callbacks.loggers:
+        try:
+            out.append(LOGGERS[name]())
+        except ImportError as e:
+            raise ConfigError(f"callbacks.loggers: {e}") from None
+    out += [custom_callback(spec.class_path, spec.init_args, f"callbacks.custom[{i}]")
+            for i, spec in enumerate(config.callbacks.custom)]
+    if config.callbacks.curves:
+        out.append(CurvesPlot())
     return out
 
 

@@ -102,7 +102,7 @@ def compare_maps(maps: Mapping[str, torch.Tensor], grid: int | None = None, topk
 
 def plot_comparison(result: dict, path, title: str = "") -> None:
     """Two annotated heatmaps (Spearman, top-k IoU) of one comparison, saved atomically as PNG."""
-    from cnnlab.explain.render import save_figure
+    from cnnlab.utils.plotting import save_figure
 
     import matplotlib
 

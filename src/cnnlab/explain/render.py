@@ -8,18 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Save a matplotlib figure as PNG atomically, then close it."""
-    import matplotlib.pyplot as plt
-
-    from cnnlab.utils.io import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
+from cnnlab.utils.plotting import save_figure  # noqa: F401  (re-exported: the analyses save through it)
 
 
 def display_images(images_uint8: torch.Tensor) -> np.ndarray:

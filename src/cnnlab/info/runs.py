@@ -103,7 +103,7 @@ def plot_mi_vs_gap(rows: Sequence[Mapping[str, Any]], factor: str, path: str | o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnlab.explain.render import save_figure
+    from cnnlab.utils.plotting import save_figure
 
     rows = [r for r in rows if r.get("gen_gap") is not None]
     if not rows:

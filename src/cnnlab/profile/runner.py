@@ -228,7 +228,7 @@ def plot_families(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnlab.explain.render import save_figure
+    from cnnlab.utils.plotting import save_figure
 
     rows = [table_row(e) for e in entries]
     files = {}
