@@ -132,18 +132,89 @@ def test_conflicting_params_are_never_relogged(tmp_path, store_uri):
     assert mr.info.status == "FINISHED"
 
 
-def test_cli_bare_mlflow_flag_uses_the_local_sqlite_default(tmp_path, monkeypatch, store_uri):
-    monkeypatch.chdir(tmp_path)  # store_uri put an initialised mlflow.db here: the default URI must find it
-    shutil.copy(tmp_path / "mlflow.db", tmp_path / "other.db")
+def test_cli_bare_mlflow_flag_uses_a_store_under_the_run_store(tmp_path, monkeypatch, empty_store):
+    monkeypatch.chdir(tmp_path)
     path = sweep_file(tmp_path)
+    (tmp_path / "runs").mkdir()
+    shutil.copy(empty_store, tmp_path / "runs" / "mlflow.db")  # an initialised store where the default points
+    shutil.copy(empty_store, tmp_path / "other.db")
     res = cli.invoke(app, ["sweep", "run", str(path), "--indices", "1", "--mlflow", "--json"])
     assert res.exit_code == 0, res.output
-    runs = runs_of(MlflowClient(tracking_uri="sqlite:///mlflow.db"))
+    runs = runs_of(MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"))
     assert list(runs) == [Sweep.load(path).run(1).name]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()  # nothing in the cwd
     other = f"sqlite:///{tmp_path / 'other.db'}"
     res = cli.invoke(app, ["sweep", "run", str(path), "--mlflow", other, "--json"])
     assert res.exit_code == 0, res.output
     assert len(runs_of(MlflowClient(tracking_uri=other))) == 1  # only run 2 was left to do
+
+
+def test_cli_train_mlflow_logs_epochs_and_the_model(tmp_path, monkeypatch, empty_store):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "store" / "run"
+    out.parent.mkdir()
+    shutil.copy(empty_store, out.parent / "mlflow.db")
+    res = cli.invoke(app, ["train", "--mlflow", "train.epochs=2", "data.subset=64", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.parent / 'mlflow.db'}")
+    from cnnlab.engine.run import read_run_config
+
+    (run,) = runs_of(client, read_run_config(out).name).values()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+    assert run.data.params["train.epochs"] == "2"
+    local = client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path))
+    from cnnlab.engine.run import load_run
+
+    weights = torch.load(local, weights_only=True)
+    expected = load_run(out, device="cpu").model.state_dict()
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_log_run_dir_records_a_finished_directory(tmp_path, store_uri):
+    from cnnlab.experiments.tracking import log_run_dir
+
+    run = tmp_path / "pop"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "pop", "population": {"size": 4}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "mean_test_acc": 0.5 + e / 10}) + "\n" for e in (1, 2)))
+    (run / "result.json").write_text(json.dumps({"status": "completed", "mean_test_acc": 0.7, "members": [1, 2]}))
+    (run / "accuracy.png").write_bytes(b"\x89PNG")
+    run_id = log_run_dir(store_uri, run, experiment="pops")
+    client = MlflowClient(tracking_uri=store_uri)
+    mr = client.get_run(run_id)
+    assert mr.data.params["population.size"] == "4" and mr.data.metrics["mean_test_acc"] == pytest.approx(0.7)
+    assert [m.value for m in client.get_metric_history(run_id, "mean_test_acc")][:2] == pytest.approx([0.6, 0.7])
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.yaml", "metrics.jsonl", "result.json", "accuracy.png"}
+    assert mr.info.status == "FINISHED" and mr.data.tags["cnnlab.status"] == "completed"
+
+
+def test_cli_es_mlflow_logs_the_finished_run(tmp_path, empty_store):
+    out = tmp_path / "store" / "es"
+    out.parent.mkdir()
+    shutil.copy(empty_store, out.parent / "mlflow.db")
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    res = cli.invoke(app, ["population", "es", str(configs / "es_digits.yaml"), "es.generations=2", "es.population=4",
+                           "es.batch_size=32", "es.eval_every=2", "es.eval_batch_size=400", "es.bn_calibration_batches=1",
+                           "model.options.widths=[4,8]", "--out", str(out), "--mlflow", "--json"])
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.parent / 'mlflow.db'}")
+    (run,) = runs_of(client, yaml.safe_load((out / "config.yaml").read_text())["name"]).values()
+    assert run.data.params["es.generations"] == "2"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"result.json", "model.pt", "fitness.png"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "mean_fitness")][:2] == [1, 2]
+
+
+def test_mlflow_extra_gives_a_working_ui(tmp_path, monkeypatch):
+    pytest.importorskip("flask", reason="mlflow-skinny has no UI server")
+    monkeypatch.setenv("_MLFLOW_SERVER_FILE_STORE", f"sqlite:///{tmp_path / 'ui.db'}")
+    from mlflow.server import app as ui
+
+    client = ui.test_client()
+    assert client.get("/health").status_code == 200
+    assert client.get("/").status_code == 200
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cnnlab.cli.common import BareMlflowCommand
 from cnnlab.cli import data as _data
 from cnnlab.cli import explain as _explain
 from cnnlab.cli import export as _export
@@ -44,14 +45,14 @@ def _root(
     """Fast, reproducible, analysable experiments on convolutional image classifiers."""
 app.add_typer(_models.app, name="models")
 app.add_typer(_data.app, name="data")
-app.command("train")(_train.train_cmd)
+app.command("train", cls=BareMlflowCommand)(_train.train_cmd)
 app.add_typer(_sweep.app, name="sweep")
 app.command("results")(_results.results_cmd)
 app.command("plot")(_plot.plot_cmd)
 app.add_typer(_explain.app, name="explain")
 app.command("mi")(_mi.mi_cmd)
 app.command("profile")(_profile.profile_cmd)
-app.command("magic")(_magic.magic_cmd)
+app.command("magic", cls=BareMlflowCommand)(_magic.magic_cmd)
 app.command("lds")(_lds.lds_cmd)
 app.add_typer(_runs.app, name="runs")
 app.command("export")(_export.export_cmd)

@@ -2,14 +2,72 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from pathlib import Path
+from typing import NoReturn, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from cnnlab.utils.console import err_console
+
+MLFLOW_DEFAULT = "default"  # bare --mlflow: a sqlite store beside the command's runs (see resolve_mlflow_uri)
+_URI_PREFIXES = ("sqlite:", "file:", "http:", "https:", "databricks", "postgresql", "mysql", "mssql")
+
+
+class BareMlflowCommand(TyperCommand):
+    """Lets ``--mlflow`` stand alone (-> a sqlite store under the run store) or take a URI: ``--mlflow [URI]``.
+
+    The word after a bare ``--mlflow`` is its URI only if it looks like one (``sqlite:///…``, ``http://…``,
+    ``file:…``), so ``cnnlab train --mlflow train.epochs=3`` keeps its override.
+    """
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--mlflow":
+                nxt = args[i + 1] if i + 1 < len(args) else None
+                if nxt is None or not (nxt == MLFLOW_DEFAULT or nxt.startswith(_URI_PREFIXES) or "://" in nxt):
+                    args.insert(i + 1, MLFLOW_DEFAULT)
+                break
+        return super().parse_args(ctx, args)
+
+
+def mlflow_option(where: str) -> typer.models.OptionInfo:
+    """The ``--mlflow [URI]`` option (commands using it take ``cls=BareMlflowCommand``)."""
+    return typer.Option(None, "--mlflow", metavar="[URI]",
+                        help=f"Log to MLflow (tracking URI); bare --mlflow: sqlite:///{where}/mlflow.db "
+                             "(artifacts in mlartifacts/ beside it; browse with `mlflow ui --backend-store-uri URI`).")
+
+
+def resolve_mlflow_uri(uri: Optional[str], root: Path) -> Optional[str]:
+    """``--mlflow``'s value as a tracking URI: bare means ``ROOT/mlflow.db`` under the run store, never the cwd."""
+    if uri is None or uri != MLFLOW_DEFAULT:
+        return uri
+    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error (no traceback) and exit non-zero."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def check_mlflow(uri: Optional[str]) -> None:
+    """Fail before any compute when ``--mlflow`` is given but mlflow is not installed."""
+    if uri is not None:
+        from importlib.util import find_spec
+
+        if find_spec("mlflow") is None:
+            fail("--mlflow needs mlflow: pip install 'cnnlab[mlflow]'")
+
+
+def log_to_mlflow(uri: Optional[str], run_dir: Path, experiment: str) -> Optional[str]:
+    """After a command finished: record its run directory as one MLflow run (``--mlflow``); the run id."""
+    if uri is None:
+        return None
+    from cnnlab.experiments.tracking import log_run_dir
+
+    resolved = resolve_mlflow_uri(uri, Path(run_dir).parent)
+    run_id = log_run_dir(resolved, run_dir, experiment=experiment)
+    err_console.print(f"logged to MLflow run {run_id} in {resolved}", highlight=False, markup=False)
+    return run_id

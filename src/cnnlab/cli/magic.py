@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option
 from cnnlab.utils.console import console, err_console, print_json, print_table
 
 
@@ -30,7 +30,8 @@ def magic_cmd(
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
 ) -> None:
     """Exact metagradients d phi / d w_i of a measurement phi on test targets, for every training example."""
     import torch
@@ -54,6 +55,7 @@ def magic_cmd(
         fail(f"--tree-k must be >= 2, got {tree_k}")
     if compile_chunk < 1:
         fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
+    check_mlflow(mlflow)
     try:
         cfg = load_config(config, overrides or [])
         dataset = load_run_dataset(cfg)
@@ -83,6 +85,7 @@ def magic_cmd(
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"the run diverged: {e}", code=3)
+    log_to_mlflow(mlflow, run_dir, experiment=cfg.name)
     s = magic.stats
     summary = {
         "run_dir": str(run_dir), "reused_scores": reused, "measurement": magic.measurement,

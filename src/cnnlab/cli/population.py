@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import BareMlflowCommand, check_mlflow, fail, log_to_mlflow, mlflow_option
 from cnnlab.utils.console import console, print_json, print_table
 
 app = typer.Typer(help="Populations: many models trained at once (vmap / loop / processes), evolution strategies.",
@@ -19,7 +19,7 @@ def _run_dir(out: Optional[Path], name: str) -> Path:
     return out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-@app.command("train")
+@app.command("train", cls=BareMlflowCommand)
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML population config (a run config plus a `population` section)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. population.size=8 train.epochs=3"),
@@ -27,6 +27,7 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of tables."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
 ) -> None:
     """Train a population (different seeds, data subsets, learning rates) with the engine's step."""
     from cnnlab.engine.config import ConfigError
@@ -38,12 +39,14 @@ def train_cmd(
     except ConfigError as e:
         fail(str(e))
     run_dir = _run_dir(out, cfg.name)
+    check_mlflow(mlflow)
     try:
         if resume and out is None:
             raise ConfigError("--resume needs --out: the run directory to continue")
         result = run_population(cfg, run_dir, progress=progress and not json_out, resume=resume)
     except (ConfigError, FileExistsError, ValueError) as e:  # bad config, run dir or checkpoint
         fail(str(e))
+    log_to_mlflow(mlflow, run_dir, experiment=cfg.name)
     if json_out:
         print_json(result)
         return
@@ -59,7 +62,7 @@ def train_cmd(
                                       ("member-steps/s", f"{t['member_steps_per_s']:.1f}")])
 
 
-@app.command("es")
+@app.command("es", cls=BareMlflowCommand)
 def es_cmd(
     config: Path = typer.Argument(..., help="YAML ES config (model, data and an `es` section)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. es.generations=50 es.sigma=0.02"),
@@ -67,6 +70,7 @@ def es_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
 ) -> None:
     """Evolve a model's weights with evolution strategies (antithetic sampling, rank shaping, Adam/SGD)."""
     from cnnlab.engine.config import ConfigError
@@ -80,10 +84,12 @@ def es_cmd(
     if resume and out is None:
         fail("--resume needs --out RUN_DIR (the run to continue)")
     run_dir = _run_dir(out, cfg.name)
+    check_mlflow(mlflow)
     try:
         result = run_es(cfg, run_dir, resume=resume, progress=progress and not json_out)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
         fail(str(e))
+    log_to_mlflow(mlflow, run_dir, experiment=cfg.name)
     if json_out:
         print_json(result)
         return

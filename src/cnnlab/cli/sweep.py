@@ -6,36 +6,17 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperCommand
-
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import BareMlflowCommand as _BareMlflowCommand
+from cnnlab.cli.common import fail, mlflow_option, resolve_mlflow_uri
 from cnnlab.utils.console import console, print_json, print_table
 
 app = typer.Typer(help="Sweeps: grids of runs with a resumable run store and local/SGE/Slurm/Ray executors.",
                   no_args_is_help=True)
 
-DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
-
-
-class _BareMlflowCommand(TyperCommand):
-    """Lets ``--mlflow`` stand alone (-> the default sqlite URI) or take a URI: ``--mlflow [URI]``."""
-
-    def parse_args(self, ctx, args):
-        args = list(args)
-        for i, a in enumerate(args):
-            if a == "--mlflow":
-                nxt = args[i + 1] if i + 1 < len(args) else None
-                if nxt is None or nxt.startswith("-") or (nxt.endswith((".yaml", ".yml")) and Path(nxt).is_file()):
-                    args.insert(i + 1, DEFAULT_MLFLOW_URI)
-                break
-        return super().parse_args(ctx, args)
-
-
 SetOpt = typer.Option(None, "--set", help="key=value applied to every run (e.g. train.epochs=50); repeatable.")
 RootOpt = typer.Option(None, "--root", help="Run-store directory (default: the sweep's root:, else runs/<name>).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
-MlflowOpt = typer.Option(None, "--mlflow", metavar="[URI]",
-                         help=f"Log to MLflow; bare --mlflow uses {DEFAULT_MLFLOW_URI}. Put it after SWEEP.")
+MlflowOpt = mlflow_option("<run-store root>")
 
 
 def load_sweep(path: str, set_: Optional[List[str]], root: Optional[Path]):
@@ -142,7 +123,7 @@ def run_cmd(
     try:
         outcomes = run_local(sweep, runs, workers=workers or opts.workers,
                              threads_per_worker=threads_per_worker or opts.threads_per_worker,
-                             retry_failed=retry_failed, mlflow_uri=mlflow, on_outcome=None if json_out else _report)
+                             retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), on_outcome=None if json_out else _report)
     except ImportError as e:
         fail(str(e))
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through exit_on_sigterm
@@ -175,7 +156,7 @@ def run_one_cmd(
 
         torch.set_num_threads(threads)
     try:
-        out = run_one(sweep, index, retry_failed=retry_failed, mlflow_uri=mlflow)
+        out = run_one(sweep, index, retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root))
     except ImportError as e:
         fail(str(e))
     if json_out:
@@ -214,7 +195,7 @@ def submit_cmd(
     sweep = load_sweep(sweep_file, set_, root)
     selected = _select(sweep, indices)
     runs = selected if all_runs else todo_runs(sweep, retry_failed=retry_failed, runs=selected)
-    req = SubmitRequest(runs, retry_failed=retry_failed, mlflow_uri=mlflow, max_concurrent=max_concurrent,
+    req = SubmitRequest(runs, retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), max_concurrent=max_concurrent,
                         dry_run=dry_run, workers=workers, threads=threads, address=address,
                         on_outcome=None if json_out else _report)
     if not runs:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import check_mlflow, fail, mlflow_option, resolve_mlflow_uri
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -18,7 +18,8 @@ def train_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
 ) -> None:
     """Train a model. With no arguments: the default small CNN on the embedded digits data."""
     from cnnlab.engine.config import ConfigError, load_config
@@ -34,8 +35,15 @@ def train_cmd(
     if resume and out is None:
         fail("--resume needs --out RUN_DIR (the run to continue)")
     run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_mlflow(mlflow)
     try:
-        trainer = Trainer(cfg, run_dir, progress=progress and not json_out)
+        callbacks = []
+        if mlflow is not None:
+            from cnnlab.experiments.tracking import MLflowCallback
+
+            callbacks.append(MLflowCallback(resolve_mlflow_uri(mlflow, run_dir.parent), experiment=cfg.name,
+                                            run_name=run_dir.name))
+        trainer = Trainer(cfg, run_dir, progress=progress and not json_out, callbacks=callbacks)
         result = trainer.fit(resume=resume)
     except ConfigError as e:
         fail(str(e))

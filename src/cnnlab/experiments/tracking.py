@@ -1,12 +1,16 @@
 """MLflow sink: a Trainer Callback that logs params, per-epoch metrics, the result and the run's files.
 
-Default tracking URI ``sqlite:///mlflow.db`` (a local file, no server). The MLflow run id is kept in
-``RUN_DIR/mlflow.json`` so a resumed run continues the same MLflow run: params already there are never
-logged again (MLflow forbids changing them), epochs already logged are not logged twice.
+Default tracking URI: ``sqlite:///<parent of the run directory>/mlflow.db`` (a local file beside the runs,
+no server; artifacts in ``mlartifacts/`` beside it). The MLflow run id is kept in ``RUN_DIR/mlflow.json``
+so a resumed run continues the same MLflow run: params already there are never logged again (MLflow
+forbids changing them), epochs already logged are not logged twice. The final weights are logged as
+the artifact ``model/state_dict.pt``. ``log_run_dir`` records any finished run directory after the fact
+(MAGIC, populations, ES).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -18,9 +22,8 @@ from cnnlab.utils.io import write_json_atomic
 if TYPE_CHECKING:
     from cnnlab.engine.trainer import Trainer
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_FILE = "mlflow.json"
-ARTIFACTS = ("config.yaml", "metrics.jsonl", "result.json")
+ARTIFACTS = ("config.yaml", "metrics.jsonl", "result.json", "curves.png")
 _T = TypeVar("_T")
 
 
@@ -28,8 +31,7 @@ def _client(uri: str):
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise ImportError("MLflow tracking needs mlflow: pip install 'cnnlab[mlflow]' "
-                          "(mlflow-skinny + sqlalchemy + alembic)") from None
+        raise ImportError("MLflow tracking needs mlflow: pip install 'cnnlab[mlflow]'") from None
     return MlflowClient(tracking_uri=uri)
 
 
@@ -43,6 +45,11 @@ def _retry(fn: Callable[[], _T], attempts: int = 8) -> _T:
                 raise
             time.sleep(0.05 * 2**i)
     raise AssertionError("unreachable")
+
+
+def default_tracking_uri(root: str | Path) -> str:
+    """``sqlite:///ROOT/mlflow.db``: the store beside a command's run directories, never the working directory."""
+    return f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
 
 
 def default_artifact_location(uri: str) -> Optional[str]:
@@ -81,16 +88,27 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class MLflowCallback(Callback):
-    """Log one Trainer run to MLflow (``tracking_uri``, experiment ``experiment``)."""
+    """Log one Trainer run to MLflow.
 
-    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, *, experiment: str = "cnnlab",
+    Args:
+        tracking_uri (str, optional): Where to log. Default: ``sqlite:///`` + the run directory's parent +
+            ``/mlflow.db`` (``sqlite:///mlflow.db`` for a run without a directory).
+        experiment (str, optional): MLflow experiment name, created if missing. Default: ``cnnlab``.
+        run_name (str, optional): MLflow run name. Default: the config's ``name``.
+        tags (dict, optional): Tags set on the MLflow run.
+        log_artifacts (bool, optional): Log config.yaml, metrics.jsonl, result.json, curves.png and the final
+            weights (``model/state_dict.pt``) at the end. Default: True.
+    """
+
+    def __init__(self, tracking_uri: Optional[str] = None, *, experiment: str = "cnnlab",
                  run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None, log_artifacts: bool = True):
+        _client("sqlite://")  # fail now, not at the first epoch, when mlflow is missing
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.log_artifacts = log_artifacts
-        self.client = _client(tracking_uri)
+        self.client: Any = _client(tracking_uri) if tracking_uri is not None else None
         self.run_id: Optional[str] = None
         self.skipped_params: list[str] = []  # already logged with another value: never overwritten
         self._logged_steps: set[int] = set()
@@ -101,6 +119,10 @@ class MLflowCallback(Callback):
         if not trainer.is_main:
             return
         self._run_dir = trainer.run_dir
+        if self.tracking_uri is None:
+            self.tracking_uri = (default_tracking_uri(self._run_dir.parent) if self._run_dir is not None
+                                 else "sqlite:///mlflow.db")
+            self.client = _client(self.tracking_uri)
         exp_id = ensure_experiment(self.tracking_uri, self.experiment)
         self.run_id = self._existing_run(exp_id)
         from mlflow.entities import Param, RunTag
@@ -150,6 +172,8 @@ class MLflowCallback(Callback):
                 path = self._run_dir / name
                 if path.exists():
                     _retry(lambda p=path: self.client.log_artifact(self.run_id, str(p)))
+            if status == "completed":
+                self._log_model(trainer)
         self.close("FINISHED" if status == "completed" else "FAILED")
 
     def close(self, status: str, error: Optional[str] = None) -> None:
@@ -163,6 +187,17 @@ class MLflowCallback(Callback):
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     # ----------------------------------------------------------------- helpers
+    def _log_model(self, trainer: "Trainer") -> None:
+        """The final weights (the EMA's, where the run keeps one) as ``model/state_dict.pt``."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "state_dict.pt"
+            torch.save({k: v.detach().cpu() for k, v in trainer.trained_model().state_dict().items()}, path)
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path="model"))
+
     def _existing_run(self, exp_id: str) -> Optional[str]:
         """The MLflow run this run directory logged to before (resume), if it is in this store and experiment."""
         if self._run_dir is None:
@@ -186,3 +221,48 @@ class MLflowCallback(Callback):
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         for i in range(0, len(batch), 1000):
             _retry(lambda chunk=batch[i:i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
+
+
+def log_run_dir(tracking_uri: str, run_dir: str | Path, *, experiment: str = "cnnlab", run_name: Optional[str] = None) -> str:
+    """Record a finished run directory (any kind: train, MAGIC, population, ES) as one new MLflow run.
+
+    Params: config.yaml flattened. Metrics: each record of metrics.jsonl at its ``epoch`` (or ``generation``),
+    then result.json's top-level numbers. Artifacts: config.yaml, metrics.jsonl, result.json, summary.json,
+    model.pt (ES) and every PNG in the directory and its plots/ folder. Returns the MLflow run id.
+    """
+    from mlflow.entities import Param, RunTag
+
+    from cnnlab.utils.io import load_yaml_text, read_jsonl
+
+    run_dir = Path(run_dir)
+    client = _client(tracking_uri)
+    exp_id = ensure_experiment(tracking_uri, experiment)
+    run_id = _retry(lambda: client.create_run(exp_id, run_name=run_name or run_dir.name)).info.run_id
+    tracker = MLflowCallback(tracking_uri, experiment=experiment)
+    tracker.run_id = run_id
+    try:
+        config_path = run_dir / "config.yaml"
+        config = load_yaml_text(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        params = [Param(k, v) for k, v in flatten_params(config or {}).items()]
+        for i in range(0, len(params), 100):
+            _retry(lambda chunk=params[i:i + 100]: client.log_batch(run_id, params=chunk))
+        records = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+        for i, rec in enumerate(records):
+            step = rec.get("epoch", rec.get("generation", i + 1))
+            tracker._log_metrics(rec, step=int(step) if isinstance(step, (int, float)) else i + 1)
+        result_path = run_dir / "result.json"
+        result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else {}
+        last = int(records[-1].get("epoch", len(records))) if records else 0
+        tracker._log_metrics(result if isinstance(result, dict) else {}, step=last)
+        status = str(result.get("status", "completed")) if isinstance(result, dict) else "completed"
+        _retry(lambda: client.log_batch(run_id, tags=[RunTag("cnnlab.status", status), RunTag("cnnlab.run_dir", str(run_dir.resolve()))]))
+        files = [run_dir / n for n in (*ARTIFACTS, "summary.json", "model.pt")] + sorted(run_dir.glob("*.png")) + sorted(run_dir.glob("plots/*.png"))
+        for path in files:
+            if path.is_file():
+                folder = "plots" if path.parent.name == "plots" else None
+                _retry(lambda p=path, f=folder: client.log_artifact(run_id, str(p), artifact_path=f))
+    except BaseException as e:
+        tracker.close("FAILED", error=f"{type(e).__name__}: {e}")
+        raise
+    tracker.close("FINISHED" if status == "completed" else "FAILED")
+    return run_id
