@@ -80,8 +80,12 @@ def test_download_checksum_mismatch_is_a_clear_error(tmp_path, mnist_server):
 def test_info_of_missing_dataset_and_bad_usage(tmp_path):
     out = _json(runner.invoke(app, ["data", "info", "cifar10", "--root", str(tmp_path), "--json"]))
     assert out["status"] == "not downloaded" and out["files"][0]["present"] is False and "train_size" not in out
-    res = runner.invoke(app, ["data", "download", "synthetic", "--root", str(tmp_path)])
-    assert res.exit_code == 2 and "nothing to download" in _text(res)
+    for name, kind in (("synthetic", "procedural"), ("digits", "embedded")):  # a no-op success, like pip's
+        out = _json(runner.invoke(app, ["data", "download", name, "--root", str(tmp_path), "--json"]))
+        assert out["downloaded"] is False and out["kind"] == kind and "nothing to download" in out["reason"]
+        assert out["train_size"] > 0
+    res = runner.invoke(app, ["data", "download", "digits"])
+    assert res.exit_code == 0 and "ships with cnnlab: nothing to download" in _text(res)
     res = runner.invoke(app, ["data", "info", "synthetic", "-o", "size"])
     assert res.exit_code == 2 and "KEY=VALUE" in _text(res)
     res = runner.invoke(app, ["data", "info", "synthetc"])

@@ -217,6 +217,25 @@ def test_image_folder(tmp_path):
         load_dataset("image_folder", tmp_path / "data", path=str(tmp_path / "empty"))
 
 
+def test_image_folder_keeps_grayscale_images_gray(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "gray"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8), mode="L").save(folder / c / f"{i}.png")
+    ds = load_dataset("image_folder", tmp_path / "data", path=str(folder), size=5, test_fraction=0.34)
+    assert ds.train.images.shape[1:] == (1, 5, 5) and len(ds.mean) == 1  # not silently tripled to RGB
+    rgb = load_dataset("image_folder", tmp_path / "data", path=str(folder), size=5, channels=3, test_fraction=0.34)
+    assert rgb.train.images.shape[1] == 3 and torch.equal(rgb.train.images[:, 0], rgb.train.images[:, 2])
+    Image.new("RGB", (5, 5), (9, 0, 0)).save(folder / "a" / "color.png")  # one colour image: the folder is RGB
+    assert load_dataset("image_folder", tmp_path / "data", path=str(folder), size=5, test_fraction=0.34).in_channels == 3
+    with pytest.raises(ValueError, match="channels must be 1"):
+        load_dataset("image_folder", tmp_path / "data", path=str(folder), channels=2)
+
+
 def test_image_folder_with_train_and_test_folders(tmp_path):
     from PIL import Image
 
@@ -277,3 +296,12 @@ def test_registry_kinds_options_and_stats():
     assert torch.bincount(labels[te], minlength=3).tolist() == [2, 1, 0]
     assert sorted(torch.cat([tr, te]).tolist()) == list(range(16))
     assert torch.equal(te, stratified_split(labels, 0.2, seed=0)[1])
+
+
+def test_dataset_repr_shows_shapes_not_values():
+    from cnnlab.data import load_dataset
+
+    ds = load_dataset("digits")
+    text = repr(ds)
+    assert text.startswith("ImageDataset('digits', train=1437, test=360, classes=10, image=1x8x8") and len(text) < 200
+    assert repr(ds.test) == "Split(images=uint8[360, 1, 8, 8], labels=int64[360])"

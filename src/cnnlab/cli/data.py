@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from cnnlab.cli.common import fail
-from cnnlab.utils.console import err_console, print_json, print_table
+from cnnlab.utils.console import console, err_console, print_json, print_table
 
 app = typer.Typer(help="Datasets: list, inspect, download (downloads happen only here).", no_args_is_help=True)
 
@@ -199,8 +199,9 @@ def download_cmd(
     sums = _read_checksums(checksums)
     with _user_errors():
         info = source_info(name)
-        if info.kind != "download":
-            fail(f"dataset {name!r} is {info.kind}: nothing to download")
+        if info.kind != "download":  # nothing to fetch: succeed, as pip does for a satisfied requirement
+            _nothing_to_download(name, info.kind, base, opts, json_out)
+            return
         bar = _Progress()
         with bar.progress:
             paths = ensure_files(name, base, download=True, mirror=mirror, checksums=sums,
@@ -214,6 +215,21 @@ def download_cmd(
         print_table(f"{name}: downloaded and verified", ["field", "value"],
                     [(k, v) for k, v in out.items() if k not in ("classes", "files")]
                     + [("files", "\n".join(out["files"].values()))])
+
+
+def _nothing_to_download(name: str, kind: str, base: Path, opts: dict, json_out: bool) -> None:
+    """``data download`` of an embedded, procedural or local source: report what it is, download nothing."""
+    from cnnlab.data import load_dataset
+
+    why = {"embedded": "ships with cnnlab", "procedural": "is generated on the fly",
+           "local": "reads your own files"}.get(kind, f"is {kind}")
+    out: dict = {"dataset": name, "kind": kind, "downloaded": False, "reason": f"{name} {why}: nothing to download"}
+    if kind in ("embedded", "procedural"):
+        out.update(_summary(load_dataset(name, base, download=False, **opts)))
+    if json_out:
+        print_json(out)
+    else:
+        console.print(out["reason"], highlight=False, markup=False)
 
 
 __all__ = ["app"]

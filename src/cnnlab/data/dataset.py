@@ -28,6 +28,10 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def __repr__(self) -> str:  # shapes, not kilobytes of tensor values (Jupyter prints this)
+        return (f"Split(images={str(self.images.dtype).removeprefix('torch.')}{list(self.images.shape)}, "
+                f"labels={str(self.labels.dtype).removeprefix('torch.')}{list(self.labels.shape)})")
+
     def subset(self, indices: torch.Tensor | list[int] | slice) -> "Split":
         if isinstance(indices, slice):
             return Split(self.images[indices], self.labels[indices])
@@ -50,6 +54,12 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def __repr__(self) -> str:
+        c, h, w = self.train.images.shape[1:]
+        stats = ", ".join(f"{m:.3f}±{s:.3f}" for m, s in zip(self.mean, self.std))
+        return (f"ImageDataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
+                f"classes={self.num_classes}, image={c}x{h}x{w}, mean±std=[{stats}])")
 
     @property
     def in_channels(self) -> int:

@@ -39,6 +39,23 @@ def _decode(files: list[Path], size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _detect_channels(files: list[Path]) -> int:
+    """1 when every image is grayscale (read from the headers only), else 3: gray data is never silently tripled."""
+    from PIL import Image, UnidentifiedImageError
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                if im.mode not in GRAY_MODES:
+                    return 3
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise CorruptFileError(f"cannot read image {f}: {e}") from None
+    return 1
+
+
 def _labelled(groups: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path], torch.Tensor]:
     files, labels = [], []
     for c, fs in groups.items():
@@ -49,8 +66,11 @@ def _labelled(groups: dict[str, list[Path]], classes: list[str]) -> tuple[list[P
 
 @register_source("image_folder", kind="local")
 def load_image_folder(root: Path, download: bool = False, path: str | None = None, size: int = 32,
-                      channels: int = 3, test_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
-    """Images in PATH/<class>/ (or PATH/train|test/<class>/), resized to size×size; option path=DIR."""
+                      channels: int | None = None, test_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
+    """Images in PATH/<class>/ (or PATH/train|test/<class>/), resized to size×size; option path=DIR.
+
+    ``channels``: 1 (gray) or 3 (RGB); default: 1 when every image is grayscale, else 3.
+    """
     if path is None:
         raise ValueError("image_folder needs the option path=DIR (a folder with one sub-folder per class)")
     folder = Path(path).expanduser().resolve()
@@ -58,7 +78,7 @@ def load_image_folder(root: Path, download: bool = False, path: str | None = Non
         raise DataError(f"image_folder path {folder} is not a folder")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be an integer >= 1, got {size!r}")
-    if channels not in (1, 3):
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
     presplit = (folder / "train").is_dir() and (folder / "test").is_dir()
     parts = {"train": _class_files(folder / "train"), "test": _class_files(folder / "test")} if presplit \
@@ -68,6 +88,8 @@ def load_image_folder(root: Path, download: bool = False, path: str | None = Non
     if not classes or n_files == 0:
         raise DataError(f"no images found in {folder}: expected {folder}/<class>/*.png|jpg (extensions "
                         f"{', '.join(IMAGE_EXTENSIONS)}), optionally under train/ and test/")
+    if channels is None:
+        channels = _detect_channels([f for p in parts.values() for fs in p.values() for f in fs])
     listing = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
                      for p in parts.values() for fs in p.values() for f in fs)
     options = {"size": size, "channels": channels, "test_fraction": None if presplit else test_fraction,
