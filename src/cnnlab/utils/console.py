@@ -6,6 +6,7 @@ from typing import Any, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cnnlab.utils.io import to_json
 
@@ -19,11 +20,12 @@ def print_json(obj: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title)
+    """A table whose cells are shown whole (folded onto more lines, never cut) and verbatim (no rich markup)."""
+    table = Table(title=Text(title) if title is not None else None)
     for col in columns:
-        table.add_column(col)
+        table.add_column(Text(col), overflow="fold")
     for row in rows:
-        table.add_row(*(format_cell(v) for v in row))
+        table.add_row(*(Text(format_cell(v)) for v in row))
     console.print(table)
 
 
