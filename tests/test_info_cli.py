@@ -43,6 +43,14 @@ def test_mi_cli_table_plots_and_stored_results(sweep):
     assert stored["config"]["n_masks"] == 2 and stored["units"] == "bits"
 
 
+def test_mi_on_one_run_draws_no_one_point_scatter(sweep, tmp_path):
+    res = runner.invoke(app, ["mi", str(sweep / "lr0.05"), *ARGS, "--out", str(tmp_path / "one"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["files"]["plots"] == {} and "two or more runs" in out["plot_note"]
+    assert not list((tmp_path / "one").glob("*.png")) and (tmp_path / "one" / "mi_summary.csv").is_file()
+
+
 def test_compute_run_mi_is_resumable(sweep):
     cfg = MIConfig(keeps=(0.5,), n_masks=2, n_examples=120, n_boot=50, gap_examples=150)
     run = sweep / "lr0.2"

@@ -110,6 +110,8 @@ def mi_cmd(
     console.print(f"table: {summary['files']['csv']}")
     for f, p in summary["files"]["plots"].items():
         console.print(f"plot ({f}): {p}")
+    if summary.get("plot_note"):
+        console.print(f"plots: {summary['plot_note']}", highlight=False, markup=False)
 
 
 def _config_of(run_dir: Path) -> dict:

@@ -160,15 +160,21 @@ def summarize(entries: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]
     rows = summary_rows(entries)
     write_text_atomic(out / "mi_summary.csv", rows_to_csv(rows))
     write_json_atomic(out / "mi_summary.json", rows)
-    plots = {}
+    plots: dict[str, str] = {}
     have_gap = any(r.get("gen_gap") is not None and not (isinstance(r["gen_gap"], float) and math.isnan(r["gen_gap"]))
                    for r in rows)
-    if have_gap:
+    runs = {r["run"] for r in rows}
+    note = None
+    if not have_gap:
+        note = "no generalisation gap (the analysis needs both the train and the test split): no scatter drawn"
+    elif len(runs) < 2:
+        note = f"{len(runs)} run: a scatter against the generalisation gap needs two or more runs, so none is drawn (see the table)"
+    else:
         for f in factors:
             p = out / f"mi_diff_vs_gen_gap_{_safe(f)}.png"
             plot_mi_vs_gap(rows, f, p)
             plots[f] = str(p)
-    return {"rows": rows, "factors": list(factors),
+    return {"rows": rows, "factors": list(factors), "plot_note": note,
             "files": {"csv": str(out / "mi_summary.csv"), "json": str(out / "mi_summary.json"), "plots": plots}}
 
 
