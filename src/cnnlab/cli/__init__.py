@@ -15,6 +15,7 @@ from cnnlab.cli import models as _models
 from cnnlab.cli import plot as _plot
 from cnnlab.cli import population as _population
 from cnnlab.cli import profile as _profile
+from cnnlab.cli import report as _report
 from cnnlab.cli import results as _results
 from cnnlab.cli import runs as _runs
 from cnnlab.cli import sweep as _sweep
@@ -56,6 +57,7 @@ app.command("magic", cls=BareMlflowCommand)(_magic.magic_cmd)
 app.command("lds")(_lds.lds_cmd)
 app.add_typer(_runs.app, name="runs")
 app.command("export")(_export.export_cmd)
+app.command("report")(_report.report_cmd)
 app.add_typer(_population.app, name="population")
 
 

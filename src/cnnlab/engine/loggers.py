@@ -144,6 +144,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
                 ax.plot(epochs, [float(v) if isinstance(v, (int, float)) else math.nan for v in values],
                         marker="o", ms=3, label=split.replace("_", " "))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
