@@ -4,12 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
+# Where torch comes from on a machine without a CUDA device: PyTorch's CPU wheels (~200 MB instead of the
+# ~2.5 GB CUDA build PyPI serves for Linux). Empty, or unreachable, falls back to the default index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: train test setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@TORCH_INDEX="$(TORCH_INDEX)" PY="$(BIN)/python" sh tools/install-torch.sh
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $(STAMP)
 
