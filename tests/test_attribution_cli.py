@@ -75,7 +75,7 @@ def test_lds_validates_magic_tracin_and_external_scores(magic_run, tmp_path):
     scores = torch.load(out / "scores.pt", weights_only=True)["scores"]
     ext = tmp_path / "mine.npy"
     np.save(ext, scores.numpy())
-    args = ["lds", str(out), "--drop", "0.25", "--models", "5", "--baselines", "tracin", "--engine", "step",
+    args = ["lds", str(out), "--drop", "0.25", "--num-models", "5", "--baselines", "tracin", "--engine", "step",
             "--scores", str(ext), "--json"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -91,7 +91,7 @@ def test_lds_validates_magic_tracin_and_external_scores(magic_run, tmp_path):
     assert res.exit_code == 0 and (regime / "models" / "00000.json").stat().st_mtime_ns == stamp
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((47, 4)))
-    res = runner.invoke(app, ["lds", str(out), "--drop", "0.25", "--models", "5", "--baselines", "none", "--scores", str(bad)])
+    res = runner.invoke(app, ["lds", str(out), "--drop", "0.25", "--num-models", "5", "--baselines", "none", "--scores", str(bad)])
     assert res.exit_code == 2 and "shape (47, 4), expected (48, 4)" in flat(res) and "Traceback" not in res.output
 
     res = runner.invoke(app, ["runs", "info", str(out), "--json"])

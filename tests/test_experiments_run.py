@@ -150,7 +150,7 @@ def test_sigkilled_worker_leaves_a_stale_claim_that_the_next_worker_resumes(tmp_
 @pytest.mark.slow
 def test_two_local_worker_processes_share_the_runs(tmp_path):
     path = tiny_sweep(tmp_path, grid={"optim.lr": [0.05, 0.04, 0.03]}, seeds=[0, 1])
-    res = cli.invoke(app, ["sweep", "run", str(path), "--workers", "2", "--threads-per-worker", "1", "--json"])
+    res = cli.invoke(app, ["sweep", "run", str(path), "--workers", "2", "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert sorted(o["index"] for o in out["outcomes"]) == [1, 2, 3, 4, 5, 6]  # each run trained exactly once

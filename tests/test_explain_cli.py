@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
 def test_explain_run_writes_grid_attributions_and_summary(runs):
     _, (r8, _) = runs
     res = runner.invoke(app, ["explain", str(r8), "--images", "0,2-3", "--methods", "gradcam,ig,saliency",
-                              "-o", "ig.n_steps=8", "--target", "true", "--perturb-samples", "2", "--json"])
+                              "--set", "ig.n_steps=8", "--target", "true", "--perturb-samples", "2", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["indices"] == [0, 2, 3] and summary["target_mode"] == "true"
@@ -51,7 +51,7 @@ def test_explain_bad_inputs_fail_cleanly(runs, tmp_path):
     cases = [
         (["explain", str(r8), "--methods", "gradcm"], "unknown attribution method 'gradcm'"),
         (["explain", str(r8), "--images", "0,99999", "--no-metrics"], "out of range"),
-        (["explain", str(r8), "-o", "ig.steps=3", "--methods", "ig"], "no option(s) steps"),
+        (["explain", str(r8), "--set", "ig.steps=3", "--methods", "ig"], "no option(s) steps"),
         (["explain", str(r8), "--target", "best"], "--target must be pred, true or a class index"),
         (["explain", str(r8), "--target", "12", "--no-metrics"], "target class 12 is out of range"),
         (["explain", str(tmp_path / "missing")], "does not exist"),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperCommand
 
-from cnnlab.cli.common import BareMlflowCommand
+from cnnlab.cli.common import CnnlabCommand
 from cnnlab.cli import data as _data
 from cnnlab.cli import explain as _explain
 from cnnlab.cli import export as _export
@@ -44,21 +45,35 @@ def _root(
                                  help="Print cnnlab's version and exit."),
 ) -> None:
     """Fast, reproducible, analysable experiments on convolutional image classifiers."""
+
+
 app.add_typer(_models.app, name="models")
 app.add_typer(_data.app, name="data")
-app.command("train", cls=BareMlflowCommand)(_train.train_cmd)
+app.command("train")(_train.train_cmd)
 app.add_typer(_sweep.app, name="sweep")
 app.command("results")(_results.results_cmd)
 app.command("plot")(_plot.plot_cmd)
 app.add_typer(_explain.app, name="explain")
 app.command("mi")(_mi.mi_cmd)
 app.command("profile")(_profile.profile_cmd)
-app.command("magic", cls=BareMlflowCommand)(_magic.magic_cmd)
+app.command("magic")(_magic.magic_cmd)
 app.command("lds")(_lds.lds_cmd)
 app.add_typer(_runs.app, name="runs")
 app.command("export")(_export.export_cmd)
 app.command("report")(_report.report_cmd)
 app.add_typer(_population.app, name="population")
+
+
+def _use_cnnlab_parser(group: typer.Typer) -> None:
+    """Every command parses with CnnlabCommand: old flag spellings, bare --mlflow (one grammar everywhere)."""
+    for info in group.registered_commands:
+        if info.cls is None or info.cls is TyperCommand:
+            info.cls = CnnlabCommand
+    for sub in group.registered_groups:
+        _use_cnnlab_parser(sub.typer_instance)
+
+
+_use_cnnlab_parser(app)
 
 
 def main() -> None:

@@ -14,15 +14,54 @@ MLFLOW_DEFAULT = "default"  # bare --mlflow: a sqlite store beside the command's
 _URI_PREFIXES = ("sqlite:", "file:", "http:", "https:", "databricks", "postgresql", "mysql", "mssql")
 
 
-class BareMlflowCommand(TyperCommand):
-    """Lets ``--mlflow`` stand alone (-> a sqlite store under the run store) or take a URI: ``--mlflow [URI]``.
+# One grammar: old spellings of renamed flags, per command, still accepted for one release with a line on stderr.
+RENAMED_FLAGS: dict[str, dict[str, str]] = {
+    "data list": {"--root": "--data-root"},
+    "data info": {"--root": "--data-root", "-o": "--set", "--option": "--set"},
+    "data download": {"--root": "--data-root", "-o": "--set", "--option": "--set"},
+    "explain maps": {"-o": "--set", "--opt": "--set"},
+    "explain compare": {"-o": "--set", "--opt": "--set"},
+    "lds": {"--models": "--num-models", "--scores_file": "--scores"},
+    "sweep run": {"--threads-per-worker": "--threads"},
+}
+
+
+def _command_path(ctx) -> str:
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def rename_flags(args: list[str], renames: dict[str, str], command: str) -> list[str]:
+    """``args`` with each old flag spelling replaced by its new name (``--old=v`` too), saying so on stderr."""
+    out = []
+    for a in args:
+        if a == "--":
+            out += args[len(out):]
+            break
+        flag, eq, value = a.partition("=")
+        if flag in renames:
+            new = renames[flag]
+            err_console.print(f"warning: `cnnlab {command} {flag}` is deprecated and goes in the next release; "
+                              f"use {new}", highlight=False, markup=False)
+            a = f"{new}={value}" if eq else new
+        out.append(a)
+    return out
+
+
+class CnnlabCommand(TyperCommand):
+    """Every cnnlab command's parser: old flag spellings (``RENAMED_FLAGS``) mapped to the new ones, and
+    ``--mlflow`` standing alone (-> a sqlite store under the run store) or taking a URI: ``--mlflow [URI]``.
 
     The word after a bare ``--mlflow`` is its URI only if it looks like one (``sqlite:///…``, ``http://…``,
     ``file:…``), so ``cnnlab train --mlflow train.epochs=3`` keeps its override.
     """
 
     def parse_args(self, ctx, args):
-        args = list(args)
+        command = _command_path(ctx)
+        args = rename_flags(list(args), RENAMED_FLAGS.get(command, {}), command)
         for i, a in enumerate(args):
             if a == "--mlflow":
                 nxt = args[i + 1] if i + 1 < len(args) else None
@@ -32,8 +71,13 @@ class BareMlflowCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
+def set_option(what: str = "key=value setting (repeatable), e.g. --set train.epochs=3") -> typer.models.OptionInfo:
+    """``--set key=value``: the one spelling of settings in every command (beside positional overrides)."""
+    return typer.Option(None, "--set", help=what[:1].upper() + what[1:] + ".")
+
+
 def mlflow_option(where: str) -> typer.models.OptionInfo:
-    """The ``--mlflow [URI]`` option (commands using it take ``cls=BareMlflowCommand``)."""
+    """The ``--mlflow [URI]`` option (bare or with a URI: CnnlabCommand parses it)."""
     return typer.Option(None, "--mlflow", metavar="[URI]",
                         help=f"Log to MLflow (tracking URI); bare --mlflow: sqlite:///{where}/mlflow.db "
                              "(artifacts in mlartifacts/ beside it; browse with `mlflow ui --backend-store-uri URI`).")

@@ -14,8 +14,8 @@ from cnnlab.utils.console import console, err_console, print_json, print_table
 
 app = typer.Typer(help="Datasets: list, inspect, download (downloads happen only here).", no_args_is_help=True)
 
-ROOT_OPT = typer.Option(None, "--root", help="Data folder (default: $CNNLAB_DATA or ~/.cache/cnnlab).")
-OPTION_OPT = typer.Option(None, "--option", "-o", help="Source option KEY=VALUE (repeatable), e.g. -o split=letters.")
+ROOT_OPT = typer.Option(None, "--data-root", help="Data folder (default: $CNNLAB_DATA or ~/.cache/cnnlab).")
+OPTION_OPT = typer.Option(None, "--set", help="Source option key=value (repeatable), e.g. --set split=letters.")
 
 
 def _root(root: Optional[Path]) -> Path:
@@ -33,7 +33,7 @@ def _parse_options(items: Optional[list[str]]) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            fail(f"--option expects KEY=VALUE, got {item!r}")
+            fail(f"--set expects key=value, got {item!r}")
         try:
             out[key.strip()] = load_yaml_text(value) if value.strip() else value
         except yaml.YAMLError:

@@ -65,7 +65,7 @@ def parse_method_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         method, dot, opt = key.partition(".")
         if not sep or not dot or not method or not opt:
-            raise ValueError(f"--opt {item!r} must look like method.option=value (e.g. ig.n_steps=64)")
+            raise ValueError(f"--set {item!r} must look like method.option=value (e.g. ig.n_steps=64)")
         out.setdefault(method, {})[opt] = load_yaml_text(raw) if raw else ""
     return out
 
@@ -86,10 +86,10 @@ def _check_methods(methods: list[str], options: dict[str, dict[str, Any]]) -> No
         method_class(m)
     for m, opts in options.items():
         if m not in methods:
-            raise ValueError(f"--opt given for method {m!r}, which is not in --methods ({', '.join(methods)})")
+            raise ValueError(f"--set given for method {m!r}, which is not in --methods ({', '.join(methods)})")
         bad = [k for k in opts if k not in method_options(m)]
         if bad:
-            raise ValueError(f"--opt: method {m!r} has no option(s) {', '.join(bad)}; accepted: {', '.join(method_options(m))}")
+            raise ValueError(f"--set: method {m!r} has no option(s) {', '.join(bad)}; accepted: {', '.join(method_options(m))}")
 
 
 def _metric_options(samples: int, std: float, radius: float) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def maps_cmd(
     target: str = typer.Option("pred", "--target", help="pred | true | a class index."),
     split: str = typer.Option("test", "--split", help="test | train."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/explain)."),
-    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="Method option, e.g. ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity."),
     perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
     infidelity_std: float = typer.Option(0.1, "--infidelity-std", help="Std of infidelity's Gaussian perturbations."),
@@ -155,10 +155,10 @@ def compare_cmd(
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Common grid size (default: the smallest resolution)."),
     topk: float = typer.Option(0.1, "--topk", help="Fraction of cells in the top-k IoU."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <parent of the runs>/explain_compare)."),
-    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="Method option, e.g. ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity per run."),
-    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per attribution call."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default: each run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:

@@ -14,9 +14,9 @@ from cnnlab.utils.console import console, print_json, print_table
 def lds_cmd(
     run_dir: Path = typer.Argument(..., help="Analysis run directory holding MAGIC scores (from `cnnlab magic`)."),
     drop: float = typer.Option(0.5, "--drop", help="Fraction of training examples each subset drops."),
-    models: int = typer.Option(50, "--models", help="Subset models (K)."),
+    models: int = typer.Option(50, "--num-models", min=2, help="Subset models (K)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subset masks."),
-    scores: Optional[List[Path]] = typer.Option(None, "--scores", "--scores_file",
+    scores: Optional[List[Path]] = typer.Option(None, "--scores",
                                                 help="External scores (.npy/.pt, N_train x N_targets) to validate too."),
     baselines: str = typer.Option("tracin,trak", "--baselines", help="Comma list of tracin, trak, or 'none'."),
     workers: int = typer.Option(1, "--workers", help="Worker processes training subset models."),
@@ -51,7 +51,7 @@ def lds_cmd(
     try:
         regime = Regime(drop, models, seed)
     except ValueError as e:
-        fail(f"--drop/--models: {e}")
+        fail(f"--drop/--num-models: {e}")
     bar = None
     if not json_out:
         from rich.progress import Progress

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option
+from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, set_option
 from cnnlab.utils.console import console, err_console, print_json, print_table
 
 
@@ -29,9 +29,10 @@ def magic_cmd(
                                       "target, longer to compile)."),
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
-    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable (JSON) summary."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
+    set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
     """Exact metagradients d phi / d w_i of a measurement phi on test targets, for every training example."""
     import torch
@@ -57,7 +58,7 @@ def magic_cmd(
         fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
     check_mlflow(mlflow)
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, [*(overrides or []), *(set_ or [])])
         dataset = load_run_dataset(cfg)
         target_list = parse_targets(targets, len(dataset.test))
         run_dir = out or Path("runs") / f"{cfg.name}-magic-{datetime.now():%Y%m%d-%H%M%S}"

@@ -36,8 +36,8 @@ def list_cmd(
 @app.command("info")
 def info_cmd(
     name: str,
-    num_classes: int = typer.Option(10, "--num-classes"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Default: the model's (3 for most)."),
+    num_classes: int = typer.Option(10, "--num-classes", help="Classes of the model's head."),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Input channels (default: the model's, 3 for most)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size; default: 32, or the family minimum."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:

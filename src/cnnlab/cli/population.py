@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import BareMlflowCommand, check_mlflow, fail, log_to_mlflow, mlflow_option
+from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, set_option
 from cnnlab.utils.console import console, print_json, print_table
 
 app = typer.Typer(help="Populations: many models trained at once (vmap / loop / processes), evolution strategies.",
@@ -19,15 +19,16 @@ def _run_dir(out: Optional[Path], name: str) -> Path:
     return out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-@app.command("train", cls=BareMlflowCommand)
+@app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML population config (a run config plus a `population` section)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. population.size=8 train.epochs=3"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of tables."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
+    set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
     """Train a population (different seeds, data subsets, learning rates) with the engine's step."""
     from cnnlab.engine.config import ConfigError
@@ -35,7 +36,7 @@ def train_cmd(
     from cnnlab.population.run import run_population
 
     try:
-        cfg = load(PopulationRunConfig, config, overrides or [])
+        cfg = load(PopulationRunConfig, config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
     run_dir = _run_dir(out, cfg.name)
@@ -62,15 +63,16 @@ def train_cmd(
                                       ("member-steps/s", f"{t['member_steps_per_s']:.1f}")])
 
 
-@app.command("es", cls=BareMlflowCommand)
+@app.command("es")
 def es_cmd(
     config: Path = typer.Argument(..., help="YAML ES config (model, data and an `es` section)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. es.generations=50 es.sigma=0.02"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
+    set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
     """Evolve a model's weights with evolution strategies (antithetic sampling, rank shaping, Adam/SGD)."""
     from cnnlab.engine.config import ConfigError
@@ -78,7 +80,7 @@ def es_cmd(
     from cnnlab.population.es_run import run_es
 
     try:
-        cfg = load(ESRunConfig, config, overrides or [])
+        cfg = load(ESRunConfig, config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
     if resume and out is None:

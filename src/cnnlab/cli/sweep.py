@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from cnnlab.cli.common import BareMlflowCommand as _BareMlflowCommand
 from cnnlab.cli.common import fail, mlflow_option, resolve_mlflow_uri
 from cnnlab.utils.console import console, print_json, print_table
 
@@ -98,11 +97,11 @@ def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> No
         raise typer.Exit(1)
 
 
-@app.command("run", cls=_BareMlflowCommand)
+@app.command("run")
 def run_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: the sweep's executors.local.workers, else 1)."),
-    threads_per_worker: Optional[int] = typer.Option(None, "--threads-per-worker", min=1, help="torch threads per worker (default: cores / workers)."),
+    threads_per_worker: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per worker process (default: cores / workers)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also run the runs that failed before."),
     indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
     mlflow: Optional[str] = MlflowOpt,
@@ -133,12 +132,12 @@ def run_cmd(
     _finish(sweep, outcomes, json_out)
 
 
-@app.command("run-one", cls=_BareMlflowCommand)
+@app.command("run-one")
 def run_one_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     index: int = typer.Option(..., "--index", help="1-based run index (a scheduler's array task id)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for this run."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run it even if it failed before."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for this run's process."),
     mlflow: Optional[str] = MlflowOpt,
     set_: Optional[List[str]] = SetOpt,
     root: Optional[Path] = RootOpt,
@@ -167,13 +166,13 @@ def run_one_cmd(
         raise typer.Exit(1)
 
 
-@app.command("submit", cls=_BareMlflowCommand)
+@app.command("submit")
 def submit_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     executor: str = typer.Option(..., "--executor", help="sge | slurm | ray | local"),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Array tasks running at once (-tc K / %K)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job script, do not submit it."),
-    retry_failed: bool = typer.Option(False, "--retry-failed"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also submit the runs that failed before."),
     all_runs: bool = typer.Option(False, "--all", help="One task per run of the sweep (finished runs exit at once) "
                                   "instead of only the unfinished runs."),
     indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),

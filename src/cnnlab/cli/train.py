@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, mlflow_option, resolve_mlflow_uri
+from cnnlab.cli.common import check_mlflow, fail, mlflow_option, resolve_mlflow_uri, set_option
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -20,6 +20,7 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
+    set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
     """Train a model. With no arguments: the default small CNN on the embedded digits data."""
     from cnnlab.engine.config import ConfigError, load_config
@@ -29,7 +30,7 @@ def train_cmd(
         overrides = [config, *(overrides or [])]
         config = None
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
     if resume and out is None:
