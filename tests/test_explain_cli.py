@@ -76,6 +76,10 @@ def test_explain_compare_across_resolutions(runs):
         assert -1 <= r["spearman"] <= 1 and 0 <= r["iou"] <= 1
     for f in ("compare_gradcam.png", "maps_saliency.png", "compare.json"):
         assert (out / f).is_file()
+    res = runner.invoke(app, ["explain", "compare", str(root), "--images", "0", "--methods", "saliency", "--no-metrics"])
+    assert res.exit_code == 0, res.output
+    default = root.parent / f"{root.name}-explain_compare"  # beside the folder of the runs, not inside it
+    assert (default / "compare.json").is_file() and not (root / "explain_compare").exists()
 
 
 def test_same_run_compared_with_itself_is_identical(runs):

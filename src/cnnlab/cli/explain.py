@@ -96,6 +96,11 @@ def _metric_options(samples: int, std: float, radius: float) -> dict[str, Any]:
     return {"n_perturb_samples": samples, "infidelity_std": std, "sensitivity_radius": radius}
 
 
+def _beside(folder: Path, what: str) -> Path:
+    """``FOLDER-what`` next to ``folder``: an analysis of several runs is kept out of the folder that holds them."""
+    return folder.parent / f"{folder.name}-{what}"
+
+
 def _err(e: BaseException) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
@@ -154,7 +159,7 @@ def compare_cmd(
     target: str = typer.Option("true", "--target", help="true (same class in every run) | pred | a class index."),
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Common grid size (default: the smallest resolution)."),
     topk: float = typer.Option(0.1, "--topk", help="Fraction of cells in the top-k IoU."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <parent of the runs>/explain_compare)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: FOLDER-explain_compare beside the runs' common folder, not inside it)."),
     opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity per run."),
     perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
@@ -180,7 +185,7 @@ def compare_cmd(
         if len(dirs) < 2:
             raise ValueError(f"explain compare needs at least two runs, found {len(dirs)}: {', '.join(map(str, dirs))}")
         runs = [open_run(d, device=device) for d in dirs]
-        dest = out or Path(os.path.commonpath([str(d.resolve()) for d in dirs])) / "explain_compare"
+        dest = out or _beside(Path(os.path.commonpath([str(d.resolve()) for d in dirs])), "explain_compare")
         report = compare_runs(runs, dest, indices=idx, methods=names, options=options, target=tgt, grid=grid, topk=topk,
                               metrics=metrics, batch_size=batch_size,
                               metric_options={"n_perturb_samples": perturb_samples})

@@ -10,7 +10,7 @@ import typer
 
 from cnnlab.cli.common import fail
 from cnnlab.cli.sweep import RootOpt, SetOpt, load_sweep
-from cnnlab.utils.console import console, print_json, print_table
+from cnnlab.utils.console import LONG_TABLE, console, print_json, print_table
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -106,7 +106,8 @@ def mi_cmd(
     print_table(f"masking MI (bits, Miller-Madow; {cfg.n_masks} masks; {len(dirs)} runs, {cached} from stored results)",
                 ["run", *chosen, "split", "keep", "MI", "MI drop", "CI low", "CI high", "acc drop", "gen gap"],
                 [(r["run"], *[r.get(f) for f in chosen], r["split"], r["keep"], r["mi_unmasked"], r["mi_diff"],
-                  r["mi_diff_low"], r["mi_diff_high"], r["acc_drop"], r["gen_gap"]) for r in summary["rows"]])
+                  r["mi_diff_low"], r["mi_diff_high"], r["acc_drop"], r["gen_gap"]) for r in summary["rows"]],
+                limit=LONG_TABLE)
     console.print(f"table: {summary['files']['csv']}")
     for f, p in summary["files"]["plots"].items():
         console.print(f"plot ({f}): {p}")

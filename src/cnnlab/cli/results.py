@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from cnnlab.cli.common import fail
-from cnnlab.utils.console import console, print_json, print_table
+from cnnlab.utils.console import LONG_TABLE, console, print_json, print_table
 
 DEFAULT_METRICS = ("test_acc", "test_loss", "gen_gap", "train_s")
 
@@ -46,12 +46,14 @@ def results_cmd(
     if per_run:
         cols = ["index", "name", "status", *metrics]
         print_table(f"{sweep.name}: {done}/{len(table.rows)} runs done", cols,
-                    [[r.get(c, "-") if r.get(c) is not None else "-" for c in cols] for r in table.rows])
+                    [[r.get(c, "-") if r.get(c) is not None else "-" for c in cols] for r in table.rows],
+                    limit=LONG_TABLE, full_csv=csv or sweep.root / "results.csv")
     else:
         cols = [*table.factors, "n", *metrics]
         print_table(f"{sweep.name}: mean ± std over seeds ({done}/{len(table.rows)} runs done)", cols,
                     [[*(g[f] for f in table.factors), f"{g['n']}/{g['n_runs']}",
-                      *(format_mean_std(g[f"{m}_mean"], g[f"{m}_std"]) for m in metrics)] for g in groups])
+                      *(format_mean_std(g[f"{m}_mean"], g[f"{m}_std"]) for m in metrics)] for g in groups],
+                    limit=LONG_TABLE, full_csv=grouped_csv or sweep.root / "results_grouped.csv")
     for path in (csv, grouped_csv):
         if path:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)

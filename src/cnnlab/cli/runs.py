@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cnnlab.cli.common import fail
-from cnnlab.utils.console import console, print_json, print_table
+from cnnlab.utils.console import LONG_TABLE, console, print_json, print_table
 
 app = typer.Typer(help="List, inspect and clean analysis run directories.", no_args_is_help=True)
 
@@ -38,7 +38,8 @@ def list_cmd(
                         for r in i["lds"])
         rows.append((i["run"], i["status"], i["test_acc"] if i["test_acc"] is not None else "-",
                      f"{m['measurement']} x {m['targets']}" if m else "-", lds or "-", _mib(i["bytes"]["total"])))
-    print_table(f"{len(rows)} runs under {root}", ["run", "status", "test acc", "MAGIC", "LDS", "MiB"], rows)
+    print_table(f"{len(rows)} runs under {root}", ["run", "status", "test acc", "MAGIC", "LDS", "MiB"], rows,
+                limit=LONG_TABLE)
 
 
 @app.command("info")
