@@ -16,6 +16,8 @@ metrics.jsonl, fitness.png, model.pt (the final mean as a state_dict) and result
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import asdict
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +30,13 @@ from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.setup import build_run, resolve_device
 from cnnlab.engine.trainer import versions
-from cnnlab.population.bn import bn_batch_statistics, recalibrate_bn
+from cnnlab.population.bn import recalibrate_bn
 from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig
-from cnnlab.population.es import ESSettings, EvolutionStrategy
+from cnnlab.population.es import get_es
+from cnnlab.population.es_workers import BatchFitness, make_pool
 from cnnlab.population.plots import plot_es_fitness
 from cnnlab.population.progress import ProgressBar
-from cnnlab.population.stack import ParamLayout, meta_skeleton, stacked_forward
+from cnnlab.population.stack import ParamLayout, meta_skeleton
 from cnnlab.utils.io import append_jsonl, save_torch_atomic, to_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 from cnnlab.utils.seeding import derive_seed
 
@@ -73,35 +76,32 @@ class ESRun:
         self.shared = {**{n: p.detach() for n, p in model.named_parameters() if not p.requires_grad},
                        **{n: b.detach() for n, b in model.named_buffers()}}
         self.loader = self.parts.train_loader
-        self.settings = ESSettings(population=es.population, sigma=es.sigma, lr=es.lr, optimizer=es.optimizer,
-                                   momentum=es.momentum, weight_decay=es.weight_decay, antithetic=es.antithetic,
-                                   shaping=es.shaping)
-        self.strategy = EvolutionStrategy(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
+        if es.workers > 1 and self.device.type != "cpu":
+            raise ConfigError(f"es.workers: fitness workers run on the CPU; es.device resolved to {self.device} "
+                              "(use es.workers=1 there, or es.device=cpu)")
+        self.settings = es.algorithm_settings()
+        self.strategy = get_es(es.algorithm)(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
+        self.warnings = [f"{k} is not used by {es.algorithm} (set for another algorithm?); it was ignored"
+                         for k in es.unused_keys()]
+        for w in self.warnings:
+            warnings.warn(w, stacklevel=2)
+        self.batch_fitness = BatchFitness(self.skeleton, self.layout, self.shared, self.loader, es.fitness, es.eval_chunk)
         self.history: list[dict[str, Any]] = []
         self.elapsed = 0.0
 
     # ------------------------------------------------------------------ evaluation
     def batch(self, generation: int) -> tuple[Tensor, Tensor]:
         """The fitness batch of a generation: batch ``g mod L`` of epoch ``g div L`` of the seeded order."""
-        n = len(self.loader)
-        b = self.loader.batch(generation // n, generation % n)
-        return b.x, b.y
+        return self.batch_fitness.batch(generation)
 
-    @torch.no_grad()
     def fitness(self, candidates: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Fitness (n,) of flat parameter vectors (n, P) on one batch, all candidates in one vmapped forward."""
-        with bn_batch_statistics(self.skeleton):
-            logits = stacked_forward(self.skeleton, self.layout.unflatten(candidates), x, shared=self.shared,
-                                     chunk_size=self.config.es.eval_chunk).float()
-        if self.config.es.fitness == "accuracy":
-            return (logits.argmax(-1) == y).float().mean(1)
-        n, b, c = logits.shape
-        return -F.cross_entropy(logits.reshape(n * b, c), y.repeat(n), reduction="none").reshape(n, b).mean(1)
+        """Fitness (n,) of flat parameter vectors (n, P) on one batch, in vmapped forwards."""
+        return self.batch_fitness.on_batch(candidates, x, y)
 
     def mean_state(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(params, buffers) of the mean, with BatchNorm statistics re-estimated from training batches."""
         params = {**{n: t for n, t in self.shared.items() if n in dict(self.skeleton.named_parameters())},
-                  **{n: t.clone() for n, t in self.layout.unflatten(self.strategy.mean).items()}}
+                  **{n: t.clone() for n, t in self.layout.unflatten(self.strategy.center).items()}}
         buffers = {n: b for n, b in self.shared.items() if n not in params}
         k = min(self.config.es.bn_calibration_batches, len(self.loader))
         buffers = recalibrate_bn(self.skeleton, params, buffers, (self.loader.batch(0, i).x for i in range(k)))
@@ -170,14 +170,15 @@ class ESRun:
         start = self.strategy.generation
         if start > es.generations:
             raise ConfigError(f"es.generations: the checkpoint is at generation {start}, beyond the {es.generations} asked for")
-        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar:
+        pool = make_pool(self.batch_fitness, workers=es.workers, executor=es.executor, threads=es.threads or 1,
+                         address=es.address) if start < es.generations else None
+        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar, (pool or _Nothing()):
             bar.advance(start)
             for g in range(start, es.generations):
                 t0 = time.perf_counter()
-                x, y = self.batch(g)
-                noise, candidates = self.strategy.ask()
-                f = self.fitness(torch.cat([candidates, self.strategy.mean[None]]), x, y)
-                record: dict[str, Any] = self.strategy.tell(noise, f[:-1])
+                candidates = self.strategy.ask()  # the mean is scored alongside, on the same batch (its curve)
+                f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
+                record: dict[str, Any] = self.strategy.tell(f[:-1])
                 record["mean_fitness"] = float(f[-1])
                 if (g + 1) % es.eval_every == 0 or g + 1 == es.generations:
                     record.update(self.evaluate_mean())
@@ -210,14 +211,17 @@ class ESRun:
             "status": "completed",
             "name": self.config.name,
             "generations": self.strategy.generation,
-            "population": self.settings.population,
+            "algorithm": self.config.es.algorithm,
+            "population": self.strategy.popsize,
+            "settings": asdict(self.settings),
+            "warnings": self.warnings,
             "final": {"fitness_mean": last.get("fitness_mean", math.nan), "mean_fitness": last.get("mean_fitness", math.nan),
                       "test_acc": tested[-1]["test_acc"] if tested else None,
                       "test_loss": tested[-1]["test_loss"] if tested else None},
             "first": {"mean_fitness": self.history[0]["mean_fitness"]} if self.history else {},
             "history": self.history,
             "num_params": self.layout.size,
-            "evaluations": self.strategy.generation * (self.settings.population + 1) * self.config.es.batch_size,
+            "evaluations": self.strategy.generation * (self.strategy.popsize + 1) * self.config.es.batch_size,
             "timings": {"total_s": self.elapsed,
                         "generations_per_s": self.strategy.generation / self.elapsed if self.elapsed > 0 else None},
             "seeds": {"master": self.config.seed, "model": derive_seed(self.config.seed, "model/model"),
@@ -225,6 +229,14 @@ class ESRun:
             "device": str(self.device),
             "versions": versions(),
         }
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def run_es(config: ESRunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True,
