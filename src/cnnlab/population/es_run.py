@@ -1,16 +1,20 @@
 """``cnnlab population es``: evolve a registry model's weights with evolution strategies.
 
-The search distribution's mean starts at the run's model (seed path ``model``, as ``cnnlab train``).
+``es.algorithm`` picks the strategy from the registry (:mod:`cnnlab.population.es`); its settings come
+from the shared ``es`` keys it takes plus ``es.options``. The search distribution's mean starts at the
+run's model (seed path ``model``, as ``cnnlab train``).
 Generation g evaluates all candidates in one vmapped forward (in_dims (0, None): one shared batch, the
 g-th batch of the seeded order) with BatchNorm on batch statistics (running statistics of perturbed
 weights mean nothing); fitness is accuracy or negative cross-entropy on that batch. The mean itself is
 evaluated alongside (its fitness curve) and, every ``eval_every`` generations, on the test split after
-re-estimating its BatchNorm statistics from training batches.
+re-estimating its BatchNorm statistics from training batches. ``es.workers`` > 1 cuts the candidates
+into shards scored by worker processes or Ray actors (:mod:`cnnlab.population.es_workers`), with the
+same results as one process.
 
 Run directory: config.yaml, checkpoints/last.pt (every ``checkpoint_every`` generations, atomic),
 metrics.jsonl, fitness.png, model.pt (the final mean as a state_dict) and result.json (last, atomic).
 ``resume`` continues from the checkpoint bit for bit on the same machine; only ``es.generations``,
-``es.checkpoint_every``, ``es.eval_every`` and ``es.threads`` may change in between.
+``es.checkpoint_every``, ``es.eval_every``, ``es.threads`` and the workers may change in between.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.setup import build_run, resolve_device
 from cnnlab.engine.trainer import versions
 from cnnlab.population.bn import recalibrate_bn
-from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig
+from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig, ESSection
 from cnnlab.population.es import get_es
 from cnnlab.population.es_workers import BatchFitness, make_pool
 from cnnlab.population.plots import plot_es_fitness
@@ -81,8 +85,8 @@ class ESRun:
                               "(use es.workers=1 there, or es.device=cpu)")
         self.settings = es.algorithm_settings()
         self.strategy = get_es(es.algorithm)(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
-        self.warnings = [f"{k} is not used by {es.algorithm} (set for another algorithm?); it was ignored"
-                         for k in es.unused_keys()]
+        unused = es.unused_keys()
+        self.warnings = [f"not used by {es.algorithm} (set for another algorithm?), ignored: {', '.join(unused)}"] if unused else []
         for w in self.warnings:
             warnings.warn(w, stacklevel=2)
         self.batch_fitness = BatchFitness(self.skeleton, self.layout, self.shared, self.loader, es.fitness, es.eval_chunk)
@@ -144,7 +148,10 @@ class ESRun:
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        diff = [k for k, _, _ in config_diff(ckpt["config"], self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
+        saved = ckpt["config"]
+        defaults = ESSection().model_dump(mode="json")  # keys added since the checkpoint was written: their defaults
+        saved = {**saved, "es": {**{k: v for k, v in defaults.items() if k not in saved.get("es", {})}, **saved.get("es", {})}}
+        diff = [k for k, _, _ in config_diff(saved, self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
         if diff:
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(diff)} "
                               f"(only {', '.join(ES_RESUMABLE_CHANGES)} may change)")
