@@ -102,10 +102,11 @@ class ESRun:
         """Fitness (n,) of flat parameter vectors (n, P) on one batch, in vmapped forwards."""
         return self.batch_fitness.on_batch(candidates, x, y)
 
-    def mean_state(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(params, buffers) of the mean, with BatchNorm statistics re-estimated from training batches."""
+    def mean_state(self, vector: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(params, buffers) of the mean (or ``vector``), with BatchNorm statistics re-estimated from training batches."""
+        vector = self.strategy.center if vector is None else vector
         params = {**{n: t for n, t in self.shared.items() if n in dict(self.skeleton.named_parameters())},
-                  **{n: t.clone() for n, t in self.layout.unflatten(self.strategy.center).items()}}
+                  **{n: t.clone() for n, t in self.layout.unflatten(vector).items()}}
         buffers = {n: b for n, b in self.shared.items() if n not in params}
         k = min(self.config.es.bn_calibration_batches, len(self.loader))
         buffers = recalibrate_bn(self.skeleton, params, buffers, (self.loader.batch(0, i).x for i in range(k)))
@@ -113,9 +114,9 @@ class ESRun:
         return params, buffers
 
     @torch.no_grad()
-    def evaluate_mean(self) -> dict[str, float]:
-        """Test loss and accuracy of the mean (eval mode, recalibrated BatchNorm)."""
-        params, buffers = self.mean_state()
+    def evaluate_mean(self, vector: Tensor | None = None) -> dict[str, float]:
+        """Test loss and accuracy of the mean, or of a flat ``vector`` (eval mode, recalibrated BatchNorm)."""
+        params, buffers = self.mean_state(vector)
         from torch.func import functional_call
 
         data = self.parts.dataset.test

@@ -1,0 +1,190 @@
+"""cnnlab's evolution strategies against EvoTorch's on the same problem, same budget, interleaved.
+
+Problem: ``configs/es_digits.yaml`` (tiny_cnn widths [8, 16, 32], 6,274 parameters, sklearn digits),
+one shared training batch of 128 per generation, fitness = negative cross-entropy with BatchNorm on
+batch statistics, 32 candidates per generation for every algorithm, one thread. Both tools start from
+the same vector (the run's model) and score candidates with the same function (cnnlab's
+``BatchFitness`` on generation g's batch), so only the search algorithm and its overhead differ; the
+final center is scored on the test split the same way (BatchNorm re-estimated). Every (seed,
+algorithm, tool) runs in its own process; the two tools alternate order from seed to seed.
+
+Pairs (cnnlab ``es.algorithm`` and settings -> EvoTorch 0.6.1 searcher):
+  openai      OpenAI-ES, Adam lr 0.03, sigma 0.05, mirrored, centered ranks -> PGPE(adam, stdev_lr 0, centered, symmetric)
+  pgpe        PGPE, ClipUp lr 0.03 (max speed 0.06), stdev_lr 0.1, max change 0.2 -> PGPE(clipup, same)
+  pgpe_adam   PGPE, Adam lr 0.03, stdev_lr 0.1, max change 0.2 -> PGPE(adam, same)
+  snes        SNES, published defaults but population 32 -> SNES(popsize 32, defaults)
+  sep_cmaes   sep-CMA-ES, population 32 -> CMAES(separable=True, popsize 32)
+
+    pip install 'cnnlab[bench]'     # or: pip install evotorch==0.6.1 (the benchmark's only extra)
+    python benchmarks/es_peers.py [--generations 100] [--seeds 0 1 2] [--pairs openai pgpe ...] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+PAIRS = {
+    "openai": ({"es.algorithm": "openai", "es.optimizer": "adam", "es.lr": 0.03},
+               "PGPE(optimizer=adam, stdev_learning_rate=0)"),
+    "pgpe": ({"es.algorithm": "pgpe", "es.optimizer": "clipup", "es.lr": 0.03},
+             "PGPE(optimizer=clipup, stdev_learning_rate=0.1, stdev_max_change=0.2)"),
+    "pgpe_adam": ({"es.algorithm": "pgpe", "es.optimizer": "adam", "es.lr": 0.03},
+                  "PGPE(optimizer=adam, stdev_learning_rate=0.1, stdev_max_change=0.2)"),
+    "snes": ({"es.algorithm": "snes"}, "SNES(popsize=32)"),
+    "sep_cmaes": ({"es.algorithm": "sep_cmaes"}, "CMAES(separable=True, popsize=32)"),
+}
+
+
+def _config(pair: str, seed: int, generations: int):
+    from cnnlab.population.config import ESRunConfig, load
+
+    base = {"es.generations": generations, "es.eval_every": generations, "es.checkpoint_every": generations,
+            "es.population": 32, "es.sigma": 0.05, "es.threads": 1, "seed": seed}
+    over = {**base, **PAIRS[pair][0]}
+    return load(ESRunConfig, ROOT / "configs" / "es_digits.yaml", [f"{k}={v}" for k, v in over.items()])
+
+
+def run_cnnlab(pair: str, seed: int, generations: int) -> dict:
+    import warnings
+
+    from cnnlab.population.es_run import ESRun
+
+    warnings.filterwarnings("ignore", message="not used by")
+    run = ESRun(_config(pair, seed, generations))
+    result = run.run(progress=False)
+    times = [h["time_s"] for h in result["history"][:-1]]  # the last generation also scores the test split
+    return {"test_acc": result["final"]["test_acc"], "s_per_gen": statistics.median(times)}
+
+
+def run_evotorch(pair: str, seed: int, generations: int) -> dict:
+    import warnings
+
+    import torch
+    from evotorch import Problem
+    from evotorch.algorithms import CMAES, PGPE, SNES
+
+    from cnnlab.population.es_run import ESRun
+
+    warnings.filterwarnings("ignore")
+    run = ESRun(_config(pair, seed, generations))  # the same model, start vector, batches and fitness
+    x0 = run.strategy.center.clone()
+    fitness = run.batch_fitness
+    state = {"generation": 0}
+
+    def evaluate(values: torch.Tensor) -> torch.Tensor:
+        return fitness(values, state["generation"])
+
+    torch.manual_seed(seed)
+    problem = Problem("max", evaluate, solution_length=x0.numel(), vectorized=True, initial_bounds=(-1, 1),
+                      dtype=torch.float32, seed=seed)
+    common = {"popsize": 32, "center_init": x0}
+    if pair == "openai":
+        searcher = PGPE(problem, center_learning_rate=0.03, stdev_learning_rate=0.0, stdev_init=0.05, optimizer="adam",
+                        ranking_method="centered", stdev_max_change=None, symmetric=True, **common)
+    elif pair in ("pgpe", "pgpe_adam"):
+        searcher = PGPE(problem, center_learning_rate=0.03, stdev_learning_rate=0.1, stdev_init=0.05,
+                        optimizer="clipup" if pair == "pgpe" else "adam", ranking_method="centered",
+                        stdev_max_change=0.2, symmetric=True, **common)
+    elif pair == "snes":
+        searcher = SNES(problem, stdev_init=0.05, **common)
+    else:
+        searcher = CMAES(problem, stdev_init=0.05, separable=True, **common)
+    times = []
+    for g in range(generations):
+        state["generation"] = g
+        t0 = time.perf_counter()
+        searcher.step()
+        times.append(time.perf_counter() - t0)
+    center = searcher.status["center"].clone().as_subclass(torch.Tensor).float()
+    return {"test_acc": run.evaluate_mean(center)["test_acc"], "s_per_gen": statistics.median(times)}
+
+
+def _child(tool: str, pair: str, seed: int, generations: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, __file__, "--child", tool, pair, str(seed), str(generations)],
+                         capture_output=True, text=True, env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"{tool} {pair} seed {seed} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--generations", type=int, default=100)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--child", nargs=4, metavar=("TOOL", "PAIR", "SEED", "GENERATIONS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        import torch
+
+        torch.set_num_threads(1)
+        tool, pair, seed, gens = args.child
+        fn = run_cnnlab if tool == "cnnlab" else run_evotorch
+        print(json.dumps(fn(pair, int(seed), int(gens))))
+        return
+    import torch
+
+    try:
+        import evotorch
+    except ImportError:
+        sys.exit("this benchmark needs EvoTorch: pip install 'cnnlab[bench]' (or evotorch==0.6.1)")
+    load_before = os.getloadavg()[0]
+    results: dict[tuple[str, str], list[dict]] = {}
+    for i, seed in enumerate(args.seeds):
+        for pair in args.pairs:
+            tools = ["cnnlab", "evotorch"] if (i % 2 == 0) else ["evotorch", "cnnlab"]
+            for tool in tools:
+                r = _child(tool, pair, seed, args.generations)
+                results.setdefault((pair, tool), []).append(r)
+                print(f"seed {seed} {pair:10s} {tool:9s} test acc {r['test_acc']:.3f}  {r['s_per_gen'] * 1000:.1f} ms/gen", flush=True)
+    load_after = os.getloadavg()[0]
+
+    def summary(rs: list[dict]) -> tuple[float, float, float, float]:
+        accs = [r["test_acc"] for r in rs]
+        return statistics.mean(accs), min(accs), max(accs), statistics.median(r["s_per_gen"] for r in rs)
+
+    rows, verdicts = [], []
+    for pair in args.pairs:
+        c, e = summary(results[(pair, "cnnlab")]), summary(results[(pair, "evotorch")])
+        ca, ea = [r["test_acc"] for r in results[(pair, "cnnlab")]], [r["test_acc"] for r in results[(pair, "evotorch")]]
+        # seed noise: two standard errors of the difference of the means (0 with a single seed)
+        sd = 2 * (statistics.variance(ca) / len(ca) + statistics.variance(ea) / len(ea)) ** 0.5 if len(ca) > 1 else 0.0
+        rows.append(f"| {pair} | {PAIRS[pair][1]} | {c[0]:.3f} ({c[1]:.3f}-{c[2]:.3f}) | {e[0]:.3f} ({e[1]:.3f}-{e[2]:.3f}) "
+                    f"| {c[3] * 1000:.1f} | {e[3] * 1000:.1f} | {e[3] / c[3]:.2f}x |")
+        acc_ok = c[0] >= e[0] - sd
+        verdicts.append(f"- {pair}: accuracy {'matches or beats' if c[0] >= e[0] else ('within seed noise of' if acc_ok else 'BELOW')} "
+                        f"EvoTorch's ({c[0]:.3f} vs {e[0]:.3f}; two standard errors of the difference {sd:.3f}); "
+                        f"{'faster' if c[3] < e[3] else 'SLOWER'} per generation ({e[3] / c[3]:.2f}x).")
+    body = f"""cnnlab's ES algorithms against EvoTorch {evotorch.__version__} on `configs/es_digits.yaml` (tiny_cnn [8, 16, 32], 6,274 parameters, sklearn digits): {args.generations} generations, 32 candidates per generation for every algorithm, one shared training batch of 128 per generation, sigma (initial) 0.05, one thread, seeds {', '.join(map(str, args.seeds))}, each (seed, algorithm, tool) in its own process, the tools' order alternating per seed. Both start from the run's model and score candidates with the same function (cnnlab's `BatchFitness`: BatchNorm on batch statistics, negative cross-entropy), so the comparison isolates the algorithms and their per-generation overhead; test accuracy = the final center on the 360 test digits after re-estimating BatchNorm statistics. Seconds per generation = median over generations (cnnlab's includes scoring the mean alongside, 33 rows against EvoTorch's 32). `python benchmarks/es_peers.py --generations {args.generations} --seeds {' '.join(map(str, args.seeds))}`.
+
+Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; 1-min load average {load_before:.1f} before, {load_after:.1f} after: the machine was shared with other jobs while this ran, so the timings are noisy; the ratios come from interleaved runs in one sitting.
+
+| cnnlab `es.algorithm` | EvoTorch counterpart | cnnlab test acc (min-max) | EvoTorch test acc (min-max) | cnnlab ms/gen | EvoTorch ms/gen | speed-up |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{chr(10).join(verdicts)}
+
+Not measured here: a CPU-sized EMNIST subset (EMNIST is a user download, not on this machine), and the EMNIST SimpleResNet config on CUDA (no GPU here)."""
+    print(body)
+    if not args.no_write:
+        from _report import write_section
+
+        write_section("Evolution strategies vs EvoTorch (benchmarks/es_peers.py)", body)
+
+
+if __name__ == "__main__":
+    main()
