@@ -69,6 +69,10 @@ def test_options_are_validated_before_compute():
         _cfg("es.algorithm=pgpe", "es.options.stdev_max_change=2")
     res = runner.invoke(app, ["population", "es", str(CONFIGS / "es_digits.yaml"), "es.algorithm=xnes"])
     assert res.exit_code == 2 and "es.algorithm" in _text(res) and "Traceback" not in _text(res)
+    with pytest.raises(ConfigError, match="es.options.stdev_lr: pgpe expects float, got True"):
+        _cfg("es.algorithm=pgpe", "es.options.stdev_lr=true")
+    with pytest.raises(ConfigError, match="es.options.center_lr"):
+        _cfg("es.algorithm=snes", "es.options.center_lr=fast")
     cfg = _cfg("es.algorithm=snes", "es.options.center_lr=0.5", "es.options.stdev_lr=0.01")
     assert cfg.es.algorithm_settings().center_lr == 0.5
 

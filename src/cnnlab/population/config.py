@@ -86,6 +86,26 @@ ES_SHARED_SETTINGS = ("population", "sigma", "lr", "optimizer", "momentum", "max
                       "shaping")
 
 
+def _check_option_type(algorithm: str, key: str, value: Any, settings_cls: type) -> None:
+    """es.options values keep their type: a number where a number is expected, never a bool for one (or back)."""
+    from dataclasses import fields
+
+    declared = next(f.type for f in fields(settings_cls) if f.name == key)
+    declared = str(declared)
+    if value is None and "Optional" in declared:
+        return
+    if "bool" in declared:
+        ok = isinstance(value, bool)
+    elif "float" in declared:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif "int" in declared:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"es.options.{key}: {algorithm} expects {declared}, got {value!r} ({type(value).__name__})")
+
+
 class ESSection(_Strict):
     algorithm: Literal["openai", "pgpe", "snes", "sep_cmaes"] = Field(
         "openai", description="openai (OpenAI-ES) | pgpe (PGPE, adaptive stdev) | snes (separable NES) | "
@@ -134,6 +154,8 @@ class ESSection(_Strict):
             raise ValueError(f"es.options: {self.algorithm} has no option(s) {', '.join(bad)}; its options: "
                              f"{', '.join(own) or 'none'} (shared settings are es.<key>, not es.options.<key>)")
         kw = {k: getattr(self, k) for k in ES_SHARED_SETTINGS if k in names and getattr(self, k) is not None}
+        for k, v in self.options.items():
+            _check_option_type(self.algorithm, k, v, cls.Settings)
         try:
             return cls.Settings(**kw, **self.options)
         except TypeError as e:
