@@ -25,6 +25,34 @@ from cnnlab.population.es import (
 from cnnlab.population.es_optim import make_es_optimizer
 
 
+class _DiagonalGaussian(SearchStrategy):
+    """A Gaussian N(center, diag(stdev^2)) starting at (center, sigma); its state: center, stdev (+ ``_extra``)."""
+
+    def __init__(self, center: Tensor, settings: Any, seed: int, popsize: int):
+        super().__init__(center, settings, seed)
+        self._center = _float_vector(center)
+        self._stdev = torch.full_like(self._center, settings.sigma)
+        self._popsize = popsize
+
+    @property
+    def center(self) -> Tensor:
+        return self._center
+
+    @property
+    def stdev(self) -> Tensor:
+        return self._stdev
+
+    @property
+    def popsize(self) -> int:
+        return self._popsize
+
+    def _tensors(self) -> dict[str, Any]:
+        return {"mean": self._center, "stdev": self._stdev}
+
+    def _load_tensors(self, state: dict[str, Any]) -> None:
+        self._center, self._stdev = state["mean"], state["stdev"]
+
+
 # ---------------------------------------------------------------------------------------------- PGPE
 @dataclass(frozen=True)
 class PGPESettings:
@@ -76,7 +104,7 @@ class PGPESettings:
 
 
 @register_es
-class PGPE(SearchStrategy):
+class PGPE(_DiagonalGaussian):
     """PGPE: a diagonal Gaussian whose center and per-parameter stdev follow the search gradient.
 
     With symmetric pairs ``c +- s*eps_k`` and utilities u (shaped fitness) the estimates are
@@ -94,24 +122,10 @@ class PGPE(SearchStrategy):
     Settings = PGPESettings
 
     def __init__(self, center: Tensor, settings: PGPESettings, seed: int):
-        super().__init__(center, settings, seed)
-        self._center = _float_vector(center)
-        self._stdev = torch.full_like(self._center, settings.sigma)
+        super().__init__(center, settings, seed, settings.population)
         self.optimizer = make_es_optimizer(settings.optimizer, settings.lr, momentum=settings.momentum,
                                            max_speed=settings.max_speed, weight_decay=settings.weight_decay)
         self.opt_state = self.optimizer.init_state({"mean": self._center})
-
-    @property
-    def center(self) -> Tensor:
-        return self._center
-
-    @property
-    def stdev(self) -> Tensor:
-        return self._stdev
-
-    @property
-    def popsize(self) -> int:
-        return self.settings.population
 
     @property
     def noise_shape(self) -> tuple[int, int]:
@@ -151,10 +165,11 @@ class PGPE(SearchStrategy):
         return {"grad_norm": float(g_c.norm()), "sigma_mean": float(self._stdev.mean())}
 
     def _tensors(self) -> dict[str, Any]:
-        return {"mean": self._center, "stdev": self._stdev, "opt_state": self.opt_state}
+        return {**super()._tensors(), "opt_state": self.opt_state}
 
     def _load_tensors(self, state: dict[str, Any]) -> None:
-        self._center, self._stdev, self.opt_state = state["mean"], state["stdev"], state["opt_state"]
+        super()._load_tensors(state)
+        self.opt_state = state["opt_state"]
 
 
 # ---------------------------------------------------------------------------------------------- SNES
@@ -195,7 +210,7 @@ class SNESSettings:
 
 
 @register_es
-class SNES(SearchStrategy):
+class SNES(_DiagonalGaussian):
     """Separable NES: x_k = c + s * z_k, utilities u (NES ranks), then
 
         c <- c + center_lr * s * sum_k u_k z_k;     s <- s * exp(stdev_lr / 2 * sum_k u_k (z_k^2 - 1))
@@ -207,24 +222,9 @@ class SNES(SearchStrategy):
     Settings = SNESSettings
 
     def __init__(self, center: Tensor, settings: SNESSettings, seed: int):
-        super().__init__(center, settings, seed)
-        self._center = _float_vector(center)
-        self._stdev = torch.full_like(self._center, settings.sigma)
-        n = self.dim
-        self._popsize = settings.population or default_popsize(n)
+        n = center.numel()
+        super().__init__(center, settings, seed, settings.population or default_popsize(n))
         self.stdev_lr = settings.stdev_lr if settings.stdev_lr is not None else (3 + math.log(n)) / (5 * math.sqrt(n))
-
-    @property
-    def center(self) -> Tensor:
-        return self._center
-
-    @property
-    def stdev(self) -> Tensor:
-        return self._stdev
-
-    @property
-    def popsize(self) -> int:
-        return self._popsize
 
     def _sample(self, z: Tensor) -> Tensor:
         return self._center[None] + self._stdev * z
@@ -234,12 +234,6 @@ class SNES(SearchStrategy):
         self._center = self._center + self.settings.center_lr * self._stdev * (u @ z)
         self._stdev = self._stdev * torch.exp(self.stdev_lr / 2 * (u @ (z * z - 1)))
         return {"sigma_mean": float(self._stdev.mean())}
-
-    def _tensors(self) -> dict[str, Any]:
-        return {"mean": self._center, "stdev": self._stdev}
-
-    def _load_tensors(self, state: dict[str, Any]) -> None:
-        self._center, self._stdev = state["mean"], state["stdev"]
 
 
 # ---------------------------------------------------------------------------------------------- sep-CMA-ES
