@@ -16,7 +16,8 @@ Pairs (cnnlab ``es.algorithm`` and settings -> EvoTorch 0.6.1 searcher):
   sep_cmaes   sep-CMA-ES, population 32 -> CMAES(separable=True, popsize 32)
 
     pip install 'cnnlab[bench]'     # or: pip install evotorch==0.6.1 (the benchmark's only extra)
-    python benchmarks/es_peers.py [--generations 100] [--seeds 0 1 2] [--pairs openai pgpe ...] [--no-write]
+    python benchmarks/es_peers.py [--problem digits|mnist] [--generations 100] [--seeds 0 1 2] [--pairs openai pgpe ...]
+                                  [--no-write]
 """
 
 from __future__ import annotations
@@ -46,6 +47,26 @@ PAIRS = {
 }
 
 
+MNIST_DIR = Path("/work/shared/data/mnist")
+
+
+def _dataset(problem: str):
+    """None for the digits config's own data; ``mnist``: 28x28 MNIST t10k split 8,000 / 2,000 (an EMNIST-like stand-in)."""
+    if problem == "digits":
+        return None
+    from mnist_accuracy import shared_mnist_split
+
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        raise SystemExit(f"--problem mnist needs the MNIST t10k IDX files in {MNIST_DIR}")
+    return shared_mnist_split(MNIST_DIR)
+
+
+def _run(pair: str, seed: int, generations: int, problem: str):
+    from cnnlab.population.es_run import ESRun
+
+    return ESRun(_config(pair, seed, generations), dataset=_dataset(problem))
+
+
 def _config(pair: str, seed: int, generations: int):
     from cnnlab.population.config import ESRunConfig, load
 
@@ -55,29 +76,25 @@ def _config(pair: str, seed: int, generations: int):
     return load(ESRunConfig, ROOT / "configs" / "es_digits.yaml", [f"{k}={v}" for k, v in over.items()])
 
 
-def run_cnnlab(pair: str, seed: int, generations: int) -> dict:
+def run_cnnlab(pair: str, seed: int, generations: int, problem: str) -> dict:
     import warnings
 
-    from cnnlab.population.es_run import ESRun
-
     warnings.filterwarnings("ignore", message="not used by")
-    run = ESRun(_config(pair, seed, generations))
+    run = _run(pair, seed, generations, problem)
     result = run.run(progress=False)
     times = [h["time_s"] for h in result["history"][:-1]]  # the last generation also scores the test split
     return {"test_acc": result["final"]["test_acc"], "s_per_gen": statistics.median(times)}
 
 
-def run_evotorch(pair: str, seed: int, generations: int) -> dict:
+def run_evotorch(pair: str, seed: int, generations: int, problem: str) -> dict:
     import warnings
 
     import torch
     from evotorch import Problem
     from evotorch.algorithms import CMAES, PGPE, SNES
 
-    from cnnlab.population.es_run import ESRun
-
     warnings.filterwarnings("ignore")
-    run = ESRun(_config(pair, seed, generations))  # the same model, start vector, batches and fitness
+    run = _run(pair, seed, generations, problem)  # the same model, start vector, batches and fitness
     x0 = run.strategy.center.clone()
     fitness = run.batch_fitness
     state = {"generation": 0}
@@ -110,9 +127,9 @@ def run_evotorch(pair: str, seed: int, generations: int) -> dict:
     return {"test_acc": run.evaluate_mean(center)["test_acc"], "s_per_gen": statistics.median(times)}
 
 
-def _child(tool: str, pair: str, seed: int, generations: int) -> dict:
+def _child(tool: str, pair: str, seed: int, generations: int, problem: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, __file__, "--child", tool, pair, str(seed), str(generations)],
+    out = subprocess.run([sys.executable, __file__, "--child", tool, pair, str(seed), str(generations), problem],
                          capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         raise RuntimeError(f"{tool} {pair} seed {seed} failed:\n{out.stderr[-3000:]}")
@@ -124,16 +141,18 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--problem", choices=["digits", "mnist"], default="digits",
+                    help="digits: configs/es_digits.yaml's data; mnist: 28x28 MNIST t10k split 8k/2k (EMNIST-like, CPU-sized)")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--child", nargs=4, metavar=("TOOL", "PAIR", "SEED", "GENERATIONS"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=5, metavar=("TOOL", "PAIR", "SEED", "GENERATIONS", "PROBLEM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         import torch
 
         torch.set_num_threads(1)
-        tool, pair, seed, gens = args.child
+        tool, pair, seed, gens, problem = args.child
         fn = run_cnnlab if tool == "cnnlab" else run_evotorch
-        print(json.dumps(fn(pair, int(seed), int(gens))))
+        print(json.dumps(fn(pair, int(seed), int(gens), problem)))
         return
     import torch
 
@@ -147,7 +166,7 @@ def main() -> None:
         for pair in args.pairs:
             tools = ["cnnlab", "evotorch"] if (i % 2 == 0) else ["evotorch", "cnnlab"]
             for tool in tools:
-                r = _child(tool, pair, seed, args.generations)
+                r = _child(tool, pair, seed, args.generations, args.problem)
                 results.setdefault((pair, tool), []).append(r)
                 print(f"seed {seed} {pair:10s} {tool:9s} test acc {r['test_acc']:.3f}  {r['s_per_gen'] * 1000:.1f} ms/gen", flush=True)
     load_after = os.getloadavg()[0]
@@ -168,7 +187,16 @@ def main() -> None:
         verdicts.append(f"- {pair}: accuracy {'matches or beats' if c[0] >= e[0] else ('within seed noise of' if acc_ok else 'BELOW')} "
                         f"EvoTorch's ({c[0]:.3f} vs {e[0]:.3f}; two standard errors of the difference {sd:.3f}); "
                         f"{'faster' if c[3] < e[3] else 'SLOWER'} per generation ({e[3] / c[3]:.2f}x).")
-    body = f"""cnnlab's ES algorithms against EvoTorch {evotorch.__version__} on `configs/es_digits.yaml` (tiny_cnn [8, 16, 32], 6,274 parameters, sklearn digits): {args.generations} generations, 32 candidates per generation for every algorithm, one shared training batch of 128 per generation, sigma (initial) 0.05, one thread, seeds {', '.join(map(str, args.seeds))}, each (seed, algorithm, tool) in its own process, the tools' order alternating per seed. Both start from the run's model and score candidates with the same function (cnnlab's `BatchFitness`: BatchNorm on batch statistics, negative cross-entropy), so the comparison isolates the algorithms and their per-generation overhead; test accuracy = the final center on the 360 test digits after re-estimating BatchNorm statistics. Seconds per generation = median over generations (cnnlab's includes scoring the mean alongside, 33 rows against EvoTorch's 32). `python benchmarks/es_peers.py --generations {args.generations} --seeds {' '.join(map(str, args.seeds))}`.
+    if args.problem == "digits":
+        problem = "`configs/es_digits.yaml` (tiny_cnn [8, 16, 32], 6,274 parameters, sklearn digits, 360 test images)"
+        not_done = ("Not measured here: the CPU-sized EMNIST-like problem is the `--problem mnist` section below "
+                    "(EMNIST itself is a user download, not on this machine); the EMNIST SimpleResNet config on CUDA "
+                    "(no GPU here).")
+    else:
+        problem = ("the same config on 28x28 handwritten digits as a CPU-sized EMNIST-like subset: the official MNIST "
+                   "t10k images split 8,000 train / 2,000 test (EMNIST is not on this machine)")
+        not_done = "Not measured here: EMNIST itself and the EMNIST SimpleResNet config on CUDA (no GPU here)."
+    body = f"""cnnlab's ES algorithms against EvoTorch {evotorch.__version__} on {problem}: {args.generations} generations, 32 candidates per generation for every algorithm, one shared training batch of 128 per generation, sigma (initial) 0.05, one thread, seeds {', '.join(map(str, args.seeds))}, each (seed, algorithm, tool) in its own process, the tools' order alternating per seed. Both start from the run's model and score candidates with the same function (cnnlab's `BatchFitness`: BatchNorm on batch statistics, negative cross-entropy), so the comparison isolates the algorithms and their per-generation overhead; test accuracy = the final center on the test split after re-estimating BatchNorm statistics. Seconds per generation = median over generations (cnnlab's includes scoring the mean alongside, 33 rows against EvoTorch's 32). `python benchmarks/es_peers.py --problem {args.problem} --generations {args.generations} --seeds {' '.join(map(str, args.seeds))}`.
 
 Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; 1-min load average {load_before:.1f} before, {load_after:.1f} after: the machine was shared with other jobs while this ran, so the timings are noisy; the ratios come from interleaved runs in one sitting.
 
@@ -178,12 +206,13 @@ Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}
 
 {chr(10).join(verdicts)}
 
-Not measured here: a CPU-sized EMNIST subset (EMNIST is a user download, not on this machine), and the EMNIST SimpleResNet config on CUDA (no GPU here)."""
+{not_done}"""
     print(body)
     if not args.no_write:
         from _report import write_section
 
-        write_section("Evolution strategies vs EvoTorch (benchmarks/es_peers.py)", body)
+        title = "Evolution strategies vs EvoTorch (benchmarks/es_peers.py)"
+        write_section(title if args.problem == "digits" else title.replace("EvoTorch", "EvoTorch, 28x28 MNIST subset"), body)
 
 
 if __name__ == "__main__":
