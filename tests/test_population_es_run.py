@@ -106,6 +106,22 @@ def test_fitness_on_worker_processes_equals_one_process(tmp_path, algorithm):
     assert [h["mean_fitness"] for h in one.history] == [h["mean_fitness"] for h in result["history"]]
 
 
+def test_loop_backend_agrees_with_vmap_and_shards_exactly():
+    run = ESRun(_cfg("es.population=8"))
+    x, y = run.batch(0)
+    cand = run.strategy.ask()
+    vm = run.batch_fitness.on_batch(cand, x, y)
+    run.batch_fitness.backend = "loop"
+    lp = run.batch_fitness.on_batch(cand, x, y)
+    torch.testing.assert_close(lp, vm, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.cat([run.batch_fitness.on_batch(cand[:3], x, y), run.batch_fitness.on_batch(cand[3:], x, y)]), lp)
+    one = ESRun(_cfg("es.population=8", "es.generations=2", "es.backend=loop"))
+    one.run(progress=False)
+    two = ESRun(_cfg("es.population=8", "es.generations=2", "es.backend=loop", "es.workers=2"))
+    two.run(progress=False)
+    assert torch.equal(one.strategy.center, two.strategy.center)
+
+
 def test_workers_may_change_on_resume(tmp_path):
     common = ["es.algorithm=snes", "es.population=8", "es.checkpoint_every=2"]
     straight = ESRun(_cfg(*common))
@@ -120,6 +136,8 @@ def test_fitness_on_ray_actors_equals_one_process():
     try:
         import ray  # noqa: F401
     except ImportError:
+        with pytest.raises(ConfigError, match="es.executor: ray needs Ray installed"):
+            ESRun(_cfg("es.workers=2", "es.executor=ray"))
         pytest.skip("Ray is not installed (pip install 'cnnlab[ray]'); the Ray fitness actors are not tested here")
     common = ["es.algorithm=pgpe", "es.population=8", "es.generations=2"]
     one = ESRun(_cfg(*common))

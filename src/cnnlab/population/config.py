@@ -126,6 +126,8 @@ class ESSection(_Strict):
     fitness: Literal["accuracy", "neg_loss"] = "neg_loss"
     batch_size: int = Field(256, ge=1, description="training examples per fitness evaluation (one batch per generation)")
     eval_chunk: Optional[int] = Field(None, ge=1, description="candidates per vmapped forward (bounds memory)")
+    backend: Literal["vmap", "loop"] = Field("vmap", description="fitness forward: vmapped over candidates, or a loop "
+                                                                 "(plain convolutions: faster on a CPU for larger images)")
     workers: int = Field(1, ge=1, description="fitness evaluated in this many shards: worker processes (executor local) "
                                               "or Ray actors (executor ray); 1 = in this process")
     executor: Literal["local", "ray"] = Field("local", description="where the fitness workers run")
@@ -192,7 +194,7 @@ class ESRunConfig(_Strict):
 
 # Keys a resumed ES run may change without changing the trajectory of the mean.
 ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every", "es.threads", "es.workers",
-                        "es.executor", "es.address")
+                        "es.executor", "es.address")  # the fitness of each candidate does not depend on them
 
 
 def build(cls: type[BaseModel], raw: dict[str, Any], overrides: list[str] | None = None):

@@ -83,13 +83,19 @@ class ESRun:
         if es.workers > 1 and self.device.type != "cpu":
             raise ConfigError(f"es.workers: fitness workers run on the CPU; es.device resolved to {self.device} "
                               "(use es.workers=1 there, or es.device=cpu)")
+        if es.executor == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("es.executor: ray needs Ray installed: pip install 'cnnlab[ray]' (or es.executor=local)")
         self.settings = es.algorithm_settings()
         self.strategy = get_es(es.algorithm)(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
         unused = es.unused_keys()
         self.warnings = [f"not used by {es.algorithm} (set for another algorithm?), ignored: {', '.join(unused)}"] if unused else []
         for w in self.warnings:
             warnings.warn(w, stacklevel=2)
-        self.batch_fitness = BatchFitness(self.skeleton, self.layout, self.shared, self.loader, es.fitness, es.eval_chunk)
+        self.batch_fitness = BatchFitness(self.skeleton, self.layout, self.shared, self.loader, es.fitness, es.eval_chunk,
+                                          es.backend)
         self.history: list[dict[str, Any]] = []
         self.elapsed = 0.0
 
