@@ -246,17 +246,29 @@ class SepCMAESSettings:
             Default: None.
         sigma (float, optional): initial global step size (the diagonal covariance starts at I). Default: 0.05.
         center_lr (float, optional): c_m, learning rate of the mean. Default: 1.0.
+        c_c (float, optional): cumulation rate of the covariance path; None means ``4 / (n + 4)``. Default: None.
+        c_sigma (float, optional): cumulation rate of the step-size path; None means
+            ``(mu_eff + 2) / (n + mu_eff + 3)``. Default: None.
+        c_cov (float, optional): learning rate of the diagonal covariance; None means the paper's sep-CMA
+            rate (see :class:`SepCMAES`). Default: None.
     """
 
     population: Optional[int] = None
     sigma: float = 0.05
     center_lr: float = 1.0
+    c_c: Optional[float] = None
+    c_sigma: Optional[float] = None
+    c_cov: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.population is not None and self.population < 4:
             raise ValueError(f"population must be >= 4, got {self.population}")
         if self.sigma <= 0 or self.center_lr <= 0:
             raise ValueError("sigma and center_lr must be > 0")
+        for name in ("c_c", "c_sigma", "c_cov"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {v}")
 
 
 @register_es
@@ -296,13 +308,13 @@ class SepCMAES(SearchStrategy):
         mu_eff = float(1 / (w**2).sum())
         self.lam, self.mu, self.mu_eff = lam, mu, mu_eff
         self.weights = w.to(device=self._mean.device, dtype=self._mean.dtype)
-        self.c_sigma = (mu_eff + 2) / (n + mu_eff + 3)
+        self.c_sigma = settings.c_sigma or (mu_eff + 2) / (n + mu_eff + 3)
         self.d_sigma = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + self.c_sigma
-        self.c_c = 4 / (n + 4)
+        self.c_c = settings.c_c or 4 / (n + 4)
         self.mu_cov = mu_eff
         c_cov = (2 / (self.mu_cov * (n + math.sqrt(2)) ** 2)
                  + (1 - 1 / self.mu_cov) * min(1.0, (2 * mu_eff - 1) / ((n + 2) ** 2 + mu_eff)))
-        self.c_cov = min(1.0, (n + 2) / 3 * c_cov)
+        self.c_cov = settings.c_cov or min(1.0, (n + 2) / 3 * c_cov)
         self.chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n * n))
         self.sigma = torch.tensor(float(settings.sigma), dtype=torch.float64)
         self.diag_c = torch.ones_like(self._mean)
