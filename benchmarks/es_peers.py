@@ -216,9 +216,8 @@ def main() -> None:
                         f"EvoTorch's {e[5] * 1000:.2f} ms ({'less' if c[5] < e[5] else 'MORE'}).")
     if args.problem == "digits":
         problem = "`configs/es_digits.yaml` (tiny_cnn [8, 16, 32], 6,274 parameters, sklearn digits, 360 test images)"
-        not_done = ("Not measured here: the CPU-sized EMNIST-like problem is the `--problem mnist` section below "
-                    "(EMNIST itself is a user download, not on this machine); the EMNIST SimpleResNet config on CUDA "
-                    "(no GPU here).")
+        not_done = ("The CPU-sized EMNIST-like problem is `--problem mnist` (its own section, when run; EMNIST itself "
+                    "is a user download, not on this machine); the EMNIST SimpleResNet config on CUDA needs a GPU.")
     else:
         problem = ("the same config on 28x28 handwritten digits as a CPU-sized EMNIST-like subset: the official MNIST "
                    "t10k images split 8,000 train / 2,000 test (EMNIST is not on this machine)")
