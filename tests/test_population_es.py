@@ -21,7 +21,8 @@ def test_antithetic_estimate_is_exact_for_linear_objectives():
     P = 6
     a = torch.randn(P, generator=torch.Generator().manual_seed(0))
     es = EvolutionStrategy(torch.randn(P), ESSettings(population=40, sigma=0.3, shaping="none"), seed=1)
-    noise, cand = es.ask()
+    cand = es.ask()
+    noise = es.noise()
     fitness = cand @ a + 3.0
     g = es.gradient(noise, fitness)
     expected = noise.T @ (noise @ a) / noise.shape[0]
@@ -35,9 +36,9 @@ def test_antithetic_estimate_is_unbiased_for_linear_objectives():
     es = EvolutionStrategy(torch.zeros(P), ESSettings(population=2 * K, sigma=0.1, shaping="none", lr=1e-12, optimizer="sgd", momentum=0.0), seed=2)
     total = torch.zeros(P)
     for _ in range(G):
-        noise, cand = es.ask()
+        cand, noise = es.ask(), es.noise()
         total += es.gradient(noise, cand @ a)
-        es.tell(noise, cand @ a)  # advances the generation (lr ~ 0 keeps the mean in place)
+        es.tell(cand @ a)  # advances the generation (lr ~ 0 keeps the mean in place)
     mean_g = total / G
     # per component: Var[(a.e) e_j] = |a|^2 + a_j^2, over K*G samples -> 5 standard errors
     se = ((a.norm() ** 2 + a**2) / (K * G)).sqrt()
@@ -58,8 +59,8 @@ def test_ranked_estimate_correlates_with_true_gradient_of_a_quadratic():
     true = b - A @ mean
     for shaping in ("none", "centered_ranks"):
         es = EvolutionStrategy(mean, ESSettings(population=1000, sigma=0.05, shaping=shaping), seed=4)
-        noise, cand = es.ask()
-        g = es.gradient(noise, f(cand))
+        cand = es.ask()
+        g = es.gradient(es.noise(), f(cand))
         cos = torch.nn.functional.cosine_similarity(g, true, dim=0)
         assert cos > 0.9, (shaping, float(cos))
 
@@ -108,7 +109,7 @@ def test_settings_validation():
         ESSettings(optimizer="lbfgs")
     ESSettings(population=7, antithetic=False)  # odd is fine without mirroring
     es = EvolutionStrategy(torch.zeros(3), ESSettings(population=6), seed=0)
-    noise, cand = es.ask()
+    cand = es.ask()
     torch.testing.assert_close(cand[:3] + cand[3:], torch.zeros(3, 3))  # mirrored pairs
     with pytest.raises(ValueError, match="one value per candidate"):
-        es.gradient(noise, torch.zeros(5))
+        es.tell(torch.zeros(5))

@@ -66,7 +66,8 @@ def train_cmd(
 @app.command("es")
 def es_cmd(
     config: Path = typer.Argument(..., help="YAML ES config (model, data and an `es` section)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. es.generations=50 es.sigma=0.02"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. es.algorithm=snes es.generations=50 es.sigma=0.02 es.workers=2"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
@@ -74,7 +75,12 @@ def es_cmd(
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
-    """Evolve a model's weights with evolution strategies (antithetic sampling, rank shaping, Adam/SGD)."""
+    """Evolve a model's weights with evolution strategies: es.algorithm = openai | pgpe | snes | sep_cmaes.
+
+    Shared keys (es.population, es.sigma, es.lr, es.optimizer = adam | sgd | clipup, ...) go to the algorithms
+    that take them; an algorithm's own settings go in es.options (e.g. es.options.stdev_lr=0.05).
+    es.workers=N spreads the fitness over N processes (es.executor=local) or Ray actors (es.executor=ray).
+    """
     from cnnlab.engine.config import ConfigError
     from cnnlab.population.config import ESRunConfig, load
     from cnnlab.population.es_run import run_es
@@ -87,6 +93,9 @@ def es_cmd(
         fail("--resume needs --out RUN_DIR (the run to continue)")
     run_dir = _run_dir(out, cfg.name)
     check_mlflow(mlflow)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="not used by", category=UserWarning)  # printed below, once
     try:
         result = run_es(cfg, run_dir, resume=resume, progress=progress and not json_out)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
@@ -101,4 +110,8 @@ def es_cmd(
             ("fitness of the mean (last)", f["mean_fitness"]), ("test accuracy", f["test_acc"]),
             ("test loss", f["test_loss"]), ("time (s)", f"{result['timings']['total_s']:.1f}"),
             ("plot", str(run_dir / "fitness.png"))]
-    print_table(f"{cfg.name}: ES on {cfg.model.name}, {cfg.data.name} (fitness: {cfg.es.fitness})", ["", "value"], rows)
+    from rich.markup import escape
+
+    for w in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(w)}")
+    print_table(f"{cfg.name}: {result['algorithm']} ES on {cfg.model.name}, {cfg.data.name} (fitness: {cfg.es.fitness})", ["", "value"], rows)

@@ -80,19 +80,58 @@ class PopulationRunConfig(RunConfig):
         return self
 
 
+ES_ALGORITHM_NAMES = ("openai", "pgpe", "snes", "sep_cmaes")
+# es keys handed to the algorithm's settings when it has a field of that name (None: the algorithm's default)
+ES_SHARED_SETTINGS = ("population", "sigma", "lr", "optimizer", "momentum", "max_speed", "weight_decay", "antithetic",
+                      "shaping")
+
+
+def _check_option_type(algorithm: str, key: str, value: Any, settings_cls: type) -> None:
+    """es.options values keep their type: a number where a number is expected, never a bool for one (or back)."""
+    from dataclasses import fields
+
+    declared = next(f.type for f in fields(settings_cls) if f.name == key)
+    declared = str(declared)
+    if value is None and "Optional" in declared:
+        return
+    if "bool" in declared:
+        ok = isinstance(value, bool)
+    elif "float" in declared:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif "int" in declared:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"es.options.{key}: {algorithm} expects {declared}, got {value!r} ({type(value).__name__})")
+
+
 class ESSection(_Strict):
+    algorithm: Literal["openai", "pgpe", "snes", "sep_cmaes"] = Field(
+        "openai", description="openai (OpenAI-ES) | pgpe (PGPE, adaptive stdev) | snes (separable NES) | "
+                              "sep_cmaes (separable CMA-ES)")
     generations: int = Field(100, ge=1)
-    population: int = Field(32, ge=2, description="candidates per generation (even with antithetic sampling)")
-    sigma: float = Field(0.05, gt=0, description="noise standard deviation")
-    lr: float = Field(0.01, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    weight_decay: float = Field(0.0, ge=0)
-    antithetic: bool = True
-    shaping: Literal["centered_ranks", "none"] = "centered_ranks"
+    population: Optional[int] = Field(None, ge=2, description="candidates per generation (even with antithetic sampling); "
+                                                              "default: the algorithm's (32, or 4 + floor(3 ln n) for snes and sep_cmaes)")
+    sigma: float = Field(0.05, gt=0, description="(initial) noise standard deviation")
+    lr: Optional[float] = Field(None, gt=0, description="optimizer learning rate on the mean (openai, pgpe; default 0.01)")
+    optimizer: Optional[Literal["adam", "sgd", "clipup"]] = Field(None, description="openai, pgpe (default: adam, clipup)")
+    momentum: Optional[float] = Field(None, ge=0, lt=1, description="sgd and clipup (default 0.9)")
+    max_speed: Optional[float] = Field(None, gt=0, description="clipup's velocity bound (default 2 * lr)")
+    weight_decay: Optional[float] = Field(None, ge=0, description="openai, pgpe (default 0)")
+    antithetic: Optional[bool] = Field(None, description="mirrored pairs (openai, pgpe; default true)")
+    shaping: Optional[Literal["centered_ranks", "none"]] = Field(None, description="openai, pgpe (default centered_ranks)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the algorithm's own settings, e.g. "
+                                                                      "pgpe: stdev_lr, stdev_max_change; snes: center_lr, stdev_lr")
     fitness: Literal["accuracy", "neg_loss"] = "neg_loss"
     batch_size: int = Field(256, ge=1, description="training examples per fitness evaluation (one batch per generation)")
     eval_chunk: Optional[int] = Field(None, ge=1, description="candidates per vmapped forward (bounds memory)")
+    backend: Literal["vmap", "loop"] = Field("vmap", description="fitness forward: vmapped over candidates, or a loop "
+                                                                 "(plain convolutions: faster on a CPU for larger images)")
+    workers: int = Field(1, ge=1, description="fitness evaluated in this many shards: worker processes (executor local) "
+                                              "or Ray actors (executor ray); 1 = in this process")
+    executor: Literal["local", "ray"] = Field("local", description="where the fitness workers run")
+    address: Optional[str] = Field(None, description="Ray cluster address (executor ray; default: a local Ray)")
     eval_every: int = Field(10, ge=1, description="generations between test evaluations of the mean")
     eval_batch_size: int = Field(1000, ge=1)
     bn_calibration_batches: int = Field(10, ge=1, description="train batches to re-estimate BatchNorm statistics of the mean")
@@ -101,10 +140,36 @@ class ESSection(_Strict):
     threads: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _even(self):
-        if self.antithetic and self.population % 2:
-            raise ValueError(f"population must be even with antithetic sampling (mirrored pairs), got {self.population}")
+    def _settings(self):
+        self.algorithm_settings()  # a ValueError naming the bad setting, before any compute
         return self
+
+    def algorithm_settings(self):
+        """The algorithm's Settings from the shared keys it takes and ``options``."""
+        from cnnlab.population.es import get_es, settings_fields
+
+        cls = get_es(self.algorithm)
+        names = settings_fields(cls)
+        bad = sorted(k for k in self.options if k not in names or k in ES_SHARED_SETTINGS)
+        if bad:
+            own = [n for n in names if n not in ES_SHARED_SETTINGS]
+            raise ValueError(f"es.options: {self.algorithm} has no option(s) {', '.join(bad)}; its options: "
+                             f"{', '.join(own) or 'none'} (shared settings are es.<key>, not es.options.<key>)")
+        kw = {k: getattr(self, k) for k in ES_SHARED_SETTINGS if k in names and getattr(self, k) is not None}
+        for k, v in self.options.items():
+            _check_option_type(self.algorithm, k, v, cls.Settings)
+        try:
+            return cls.Settings(**kw, **self.options)
+        except TypeError as e:
+            raise ValueError(f"es.options: {e}") from None
+
+    def unused_keys(self) -> list[str]:
+        """Shared keys set in the config that the chosen algorithm does not use (warned about, not applied)."""
+        from cnnlab.population.es import get_es, settings_fields
+
+        names = settings_fields(get_es(self.algorithm))
+        return [f"es.{k}" for k in ES_SHARED_SETTINGS
+                if k not in names and k in self.model_fields_set and getattr(self, k) is not None]
 
     @field_validator("device")
     @classmethod
@@ -128,7 +193,8 @@ class ESRunConfig(_Strict):
 
 
 # Keys a resumed ES run may change without changing the trajectory of the mean.
-ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every", "es.threads")
+ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every", "es.threads", "es.workers",
+                        "es.executor", "es.address")  # the fitness of each candidate does not depend on them
 
 
 def build(cls: type[BaseModel], raw: dict[str, Any], overrides: list[str] | None = None):

@@ -1,21 +1,27 @@
 """``cnnlab population es``: evolve a registry model's weights with evolution strategies.
 
-The search distribution's mean starts at the run's model (seed path ``model``, as ``cnnlab train``).
+``es.algorithm`` picks the strategy from the registry (:mod:`cnnlab.population.es`); its settings come
+from the shared ``es`` keys it takes plus ``es.options``. The search distribution's mean starts at the
+run's model (seed path ``model``, as ``cnnlab train``).
 Generation g evaluates all candidates in one vmapped forward (in_dims (0, None): one shared batch, the
 g-th batch of the seeded order) with BatchNorm on batch statistics (running statistics of perturbed
 weights mean nothing); fitness is accuracy or negative cross-entropy on that batch. The mean itself is
 evaluated alongside (its fitness curve) and, every ``eval_every`` generations, on the test split after
-re-estimating its BatchNorm statistics from training batches.
+re-estimating its BatchNorm statistics from training batches. ``es.workers`` > 1 cuts the candidates
+into shards scored by worker processes or Ray actors (:mod:`cnnlab.population.es_workers`), with the
+same results as one process.
 
 Run directory: config.yaml, checkpoints/last.pt (every ``checkpoint_every`` generations, atomic),
 metrics.jsonl, fitness.png, model.pt (the final mean as a state_dict) and result.json (last, atomic).
 ``resume`` continues from the checkpoint bit for bit on the same machine; only ``es.generations``,
-``es.checkpoint_every``, ``es.eval_every`` and ``es.threads`` may change in between.
+``es.checkpoint_every``, ``es.eval_every``, ``es.threads`` and the workers may change in between.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import asdict
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +34,13 @@ from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.setup import build_run, resolve_device
 from cnnlab.engine.trainer import versions
-from cnnlab.population.bn import bn_batch_statistics, recalibrate_bn
-from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig
-from cnnlab.population.es import ESSettings, EvolutionStrategy
+from cnnlab.population.bn import recalibrate_bn
+from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig, ESSection
+from cnnlab.population.es import get_es
+from cnnlab.population.es_workers import BatchFitness, make_pool
 from cnnlab.population.plots import plot_es_fitness
 from cnnlab.population.progress import ProgressBar
-from cnnlab.population.stack import ParamLayout, meta_skeleton, stacked_forward
+from cnnlab.population.stack import ParamLayout, meta_skeleton
 from cnnlab.utils.io import append_jsonl, save_torch_atomic, to_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 from cnnlab.utils.seeding import derive_seed
 
@@ -73,35 +80,39 @@ class ESRun:
         self.shared = {**{n: p.detach() for n, p in model.named_parameters() if not p.requires_grad},
                        **{n: b.detach() for n, b in model.named_buffers()}}
         self.loader = self.parts.train_loader
-        self.settings = ESSettings(population=es.population, sigma=es.sigma, lr=es.lr, optimizer=es.optimizer,
-                                   momentum=es.momentum, weight_decay=es.weight_decay, antithetic=es.antithetic,
-                                   shaping=es.shaping)
-        self.strategy = EvolutionStrategy(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
+        if es.workers > 1 and self.device.type != "cpu":
+            raise ConfigError(f"es.workers: fitness workers run on the CPU; es.device resolved to {self.device} "
+                              "(use es.workers=1 there, or es.device=cpu)")
+        if es.executor == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("es.executor: ray needs Ray installed: pip install 'cnnlab[ray]' (or es.executor=local)")
+        self.settings = es.algorithm_settings()
+        self.strategy = get_es(es.algorithm)(self.layout.flatten(trainable), self.settings, derive_seed(config.seed, "es"))
+        unused = es.unused_keys()
+        self.warnings = [f"not used by {es.algorithm} (set for another algorithm?), ignored: {', '.join(unused)}"] if unused else []
+        for w in self.warnings:
+            warnings.warn(w, stacklevel=2)
+        self.batch_fitness = BatchFitness(self.skeleton, self.layout, self.shared, self.loader, es.fitness, es.eval_chunk,
+                                          es.backend)
         self.history: list[dict[str, Any]] = []
         self.elapsed = 0.0
 
     # ------------------------------------------------------------------ evaluation
     def batch(self, generation: int) -> tuple[Tensor, Tensor]:
         """The fitness batch of a generation: batch ``g mod L`` of epoch ``g div L`` of the seeded order."""
-        n = len(self.loader)
-        b = self.loader.batch(generation // n, generation % n)
-        return b.x, b.y
+        return self.batch_fitness.batch(generation)
 
-    @torch.no_grad()
     def fitness(self, candidates: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Fitness (n,) of flat parameter vectors (n, P) on one batch, all candidates in one vmapped forward."""
-        with bn_batch_statistics(self.skeleton):
-            logits = stacked_forward(self.skeleton, self.layout.unflatten(candidates), x, shared=self.shared,
-                                     chunk_size=self.config.es.eval_chunk).float()
-        if self.config.es.fitness == "accuracy":
-            return (logits.argmax(-1) == y).float().mean(1)
-        n, b, c = logits.shape
-        return -F.cross_entropy(logits.reshape(n * b, c), y.repeat(n), reduction="none").reshape(n, b).mean(1)
+        """Fitness (n,) of flat parameter vectors (n, P) on one batch, in vmapped forwards."""
+        return self.batch_fitness.on_batch(candidates, x, y)
 
-    def mean_state(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(params, buffers) of the mean, with BatchNorm statistics re-estimated from training batches."""
+    def mean_state(self, vector: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(params, buffers) of the mean (or ``vector``), with BatchNorm statistics re-estimated from training batches."""
+        vector = self.strategy.center if vector is None else vector
         params = {**{n: t for n, t in self.shared.items() if n in dict(self.skeleton.named_parameters())},
-                  **{n: t.clone() for n, t in self.layout.unflatten(self.strategy.mean).items()}}
+                  **{n: t.clone() for n, t in self.layout.unflatten(vector).items()}}
         buffers = {n: b for n, b in self.shared.items() if n not in params}
         k = min(self.config.es.bn_calibration_batches, len(self.loader))
         buffers = recalibrate_bn(self.skeleton, params, buffers, (self.loader.batch(0, i).x for i in range(k)))
@@ -109,9 +120,9 @@ class ESRun:
         return params, buffers
 
     @torch.no_grad()
-    def evaluate_mean(self) -> dict[str, float]:
-        """Test loss and accuracy of the mean (eval mode, recalibrated BatchNorm)."""
-        params, buffers = self.mean_state()
+    def evaluate_mean(self, vector: Tensor | None = None) -> dict[str, float]:
+        """Test loss and accuracy of the mean, or of a flat ``vector`` (eval mode, recalibrated BatchNorm)."""
+        params, buffers = self.mean_state(vector)
         from torch.func import functional_call
 
         data = self.parts.dataset.test
@@ -144,7 +155,10 @@ class ESRun:
             raise ValueError(f"cannot read checkpoint {path}: {e}") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-        diff = [k for k, _, _ in config_diff(ckpt["config"], self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
+        saved = ckpt["config"]
+        defaults = ESSection().model_dump(mode="json")  # keys added since the checkpoint was written: their defaults
+        saved = {**saved, "es": {**{k: v for k, v in defaults.items() if k not in saved.get("es", {})}, **saved.get("es", {})}}
+        diff = [k for k, _, _ in config_diff(saved, self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
         if diff:
             raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(diff)} "
                               f"(only {', '.join(ES_RESUMABLE_CHANGES)} may change)")
@@ -170,14 +184,15 @@ class ESRun:
         start = self.strategy.generation
         if start > es.generations:
             raise ConfigError(f"es.generations: the checkpoint is at generation {start}, beyond the {es.generations} asked for")
-        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar:
+        pool = make_pool(self.batch_fitness, workers=es.workers, executor=es.executor, threads=es.threads or 1,
+                         address=es.address) if start < es.generations else None
+        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar, (pool or _Nothing()):
             bar.advance(start)
             for g in range(start, es.generations):
                 t0 = time.perf_counter()
-                x, y = self.batch(g)
-                noise, candidates = self.strategy.ask()
-                f = self.fitness(torch.cat([candidates, self.strategy.mean[None]]), x, y)
-                record: dict[str, Any] = self.strategy.tell(noise, f[:-1])
+                candidates = self.strategy.ask()  # the mean is scored alongside, on the same batch (its curve)
+                f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
+                record: dict[str, Any] = self.strategy.tell(f[:-1])
                 record["mean_fitness"] = float(f[-1])
                 if (g + 1) % es.eval_every == 0 or g + 1 == es.generations:
                     record.update(self.evaluate_mean())
@@ -210,14 +225,17 @@ class ESRun:
             "status": "completed",
             "name": self.config.name,
             "generations": self.strategy.generation,
-            "population": self.settings.population,
+            "algorithm": self.config.es.algorithm,
+            "population": self.strategy.popsize,
+            "settings": asdict(self.settings),
+            "warnings": self.warnings,
             "final": {"fitness_mean": last.get("fitness_mean", math.nan), "mean_fitness": last.get("mean_fitness", math.nan),
                       "test_acc": tested[-1]["test_acc"] if tested else None,
                       "test_loss": tested[-1]["test_loss"] if tested else None},
             "first": {"mean_fitness": self.history[0]["mean_fitness"]} if self.history else {},
             "history": self.history,
             "num_params": self.layout.size,
-            "evaluations": self.strategy.generation * (self.settings.population + 1) * self.config.es.batch_size,
+            "evaluations": self.strategy.generation * (self.strategy.popsize + 1) * self.config.es.batch_size,
             "timings": {"total_s": self.elapsed,
                         "generations_per_s": self.strategy.generation / self.elapsed if self.elapsed > 0 else None},
             "seeds": {"master": self.config.seed, "model": derive_seed(self.config.seed, "model/model"),
@@ -225,6 +243,14 @@ class ESRun:
             "device": str(self.device),
             "versions": versions(),
         }
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def run_es(config: ESRunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True,
