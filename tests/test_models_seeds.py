@@ -357,3 +357,20 @@ def test_lse_pool_refuses_bad_settings():
             LogSumExpPool2d(bad)
     with pytest.raises(ValueError, match="kernel_size"):
         LogSumExpPool2d(0.1, kernel_size=0)
+
+
+def test_magic_chaos_warning_does_not_fire_for_the_seeds_smooth_resnet9():
+    """resnet9_paper has no max pooling left (LSE k2 + global average): MAGIC's ReLU + max-pool warning is
+    for rn9, not for it (checked on a CPU-sized member of the family, width 0.25)."""
+    from cnnlab.attribution.magic import chaos_warnings
+    from cnnlab.engine.config import build_config
+    from cnnlab.engine.setup import build_run
+
+    def warnings_for(name):
+        cfg = build_config({"model": {"name": name, "options": {"width": 0.25}},
+                            "data": {"name": "digits", "subset": 32, "resolution": 16},
+                            "optim": {"name": "sgd", "lr": 0.01}, "train": {"device": "cpu", "epochs": 1, "batch_size": 16}})
+        return " ".join(chaos_warnings(cfg, build_run(cfg)))
+
+    assert "max pooling" not in warnings_for("resnet9_paper")
+    assert "ReLU + max pooling" in warnings_for("resnet9")
