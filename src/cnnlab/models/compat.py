@@ -19,6 +19,10 @@ from typing import Any, Callable
 from torch import nn
 
 from cnnlab.models import registry
+from cnnlab.models.registry import create_deterministic_model  # already takes the seed's keywords
+
+__all__ = ["OPTION_ALIASES", "SEED_ALIASES", "create_deterministic_model", "get_model_info",
+           "get_target_layer_for_gradcam", "register_seed_aliases", "translate_options"]
 
 SEED_ALIASES: dict[str, tuple[str, dict[str, Any], int | None]] = {
     # seed 000 (ResNet-9 / MAGIC guide)
@@ -69,14 +73,6 @@ def translate_options(options: dict[str, Any], accepted: list[str] | None) -> di
 def register_seed_aliases() -> None:
     for alias, (target, options, resolution) in SEED_ALIASES.items():
         registry.register_alias(alias, target, resolution=resolution, **options)
-
-
-def create_deterministic_model(
-    master_seed: int, creator_func: str | Callable[..., nn.Module], instance_id: str | int, **kwargs: Any
-) -> nn.Module:
-    """Seed 000's ``create_deterministic_model``: ``creator_func`` is a cnnlab name or the user's callable
-    (e.g. the seed's ``construct_resnet9_paper``), called with ``kwargs`` (e.g. ``num_classes=10``)."""
-    return registry.create_deterministic_model(master_seed, creator_func, instance_id, **kwargs)
 
 
 def get_model_info(model: nn.Module) -> dict[str, float | int]:

@@ -357,18 +357,19 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def create_deterministic_model(
-    master_seed: int, name_or_factory: str | Callable[..., nn.Module], instance_id: str | int, **kwargs: Any
+    master_seed: int, creator_func: str | Callable[..., nn.Module], instance_id: str | int, **kwargs: Any
 ) -> nn.Module:
     """Build a model whose weights are a pure function of (master_seed, instance_id, kwargs).
 
-    The init seed is derived from SHA-256 of the master seed and instance id; the global RNG is
-    restored afterwards, so building models never perturbs other random streams.
-    ``cnnlab.models.compat.create_deterministic_model`` takes the seed's keywords (``creator_func=``).
+    ``creator_func``: a model name (any that ``create_model`` takes) or a callable such as the seed's
+    ``construct_resnet9_paper``, called with ``kwargs``; the keywords are seed 000's. The init seed is
+    derived from SHA-256 of the master seed and instance id; the global RNG is restored afterwards, so
+    building models never perturbs other random streams.
     """
     with fork_rng_seeded(derive_seed(master_seed, f"model/{instance_id}")):
-        if callable(name_or_factory):
-            return name_or_factory(**kwargs)
-        return create_model(name_or_factory, **kwargs)
+        if callable(creator_func):
+            return creator_func(**kwargs)
+        return create_model(creator_func, **kwargs)
 
 
 def apply_init(model: nn.Module, init: str) -> None:
