@@ -65,6 +65,7 @@ ARCHS = {
     "gap": {"widths": [16, 32, 64]},
     "map7": {"widths": [16, 32], "head_pool": 7},
     "rn9p_w025": {"model": "resnet9_paper", "width": 0.25, "resolution": 16},
+    "rn9_w025": {"model": "resnet9", "width": 0.25, "resolution": 16},  # rn9 (max pooling) for comparison
 }
 
 
@@ -206,7 +207,8 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
             head = "GAP" if o.get("head_pool", 1) == 1 else f"map{o['head_pool']}"
             model, act = f"{'/'.join(map(str, o['widths']))} {head}", f"{o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'}"
         else:
-            model, act = f"{r['model']} width {o.get('width', 2.5)}", "relu / LSE k2 + global avg / BN"
+            pools = "LSE k2 + global avg" if r["model"] == "resnet9_paper" else "max k2 + global max"
+            model, act = f"{r['model']} width {o.get('width', 2.5)}", f"relu / {pools} / BN"
         lines.append(f"| {r['run']}{mark} | {r['data']} | {model} | {act} "
                      f"| {r['lr']:g} | {r['epochs']} | {r['acc']:.4f} | {r['targets']} | {r['drop']:g} | {r['models']} "
                      f"| {cell('magic')} | {cell('tracin')} | {cell('trak')} |")
