@@ -58,21 +58,29 @@ def mnist_8k(root: Path = MNIST_DIR) -> ImageDataset:
 
 # tiny_cnn shapes: "gap" = 3 stages 16/32/64 + global average pooling (24k params on MNIST); "map7" = 2 stages
 # 16/32 + a 7x7 average-pooled map flattened into the head (20.5k params; learns MNIST in fewer epochs)
+# "rn9p_w025": the seed's smooth ResNet-9 (resnet9_paper: conv biases, LSE pool k2 eps 0.1, global average
+# pool, output x0.04) at width 0.25 (16/32/64 channels, 143,296 parameters), a CPU-sized member of the family;
+# the variant's activation/pool/BN do not apply to it (its lr does). On digits it is served at 16 px (min 11).
 ARCHS = {
     "gap": {"widths": [16, 32, 64]},
     "map7": {"widths": [16, 32], "head_pool": 7},
+    "rn9p_w025": {"model": "resnet9_paper", "width": 0.25, "resolution": 16},
+    "rn9_w025": {"model": "resnet9", "width": 0.25, "resolution": 16},  # rn9 (max pooling) for comparison
 }
 
 
 def run_config(variant: str, epochs: int, seed: int = 0, data: str = "mnist", arch: str = "gap"):
     v = VARIANTS[variant]
+    options = dict(ARCHS[arch])
+    model, resolution = options.pop("model", "tiny_cnn"), options.pop("resolution", None)
+    if model == "tiny_cnn":
+        options.update(activation=v["activation"], pool=v["pool"], batchnorm=v["batchnorm"])
     return build_config({
         "name": f"lds_{data}_{variant}",
         "seed": seed,
-        "model": {"name": "tiny_cnn", "options": {**ARCHS[arch], "activation": v["activation"],
-                                                  "pool": v["pool"], "batchnorm": v["batchnorm"]}},
+        "model": {"name": model, "options": options},
         # mnist: data.name names the format; the benchmark passes its own 8k/2k split of the t10k files
-        "data": {"name": data},
+        "data": {"name": data, **({"resolution": resolution} if resolution and data == "digits" else {})},
         "optim": {"name": "sgd", "lr": v["lr"], "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"name": "onecycle", "pct_start": 0.3, "anneal_strategy": "linear", "div_factor": 5.0,
                      "final_div_factor": 5.0},
@@ -85,7 +93,7 @@ def main() -> None:
     ap.add_argument("--variant", default="smooth", choices=sorted(VARIANTS))
     ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
                     help="digits: sklearn's 8x8 digits (1,437 train), a quick stand-in for comparing variants")
-    ap.add_argument("--arch", default="gap", choices=sorted(ARCHS), help="tiny_cnn shape (see ARCHS)")
+    ap.add_argument("--arch", default="gap", choices=sorted(ARCHS), help="tiny_cnn shape or resnet9_paper member (see ARCHS)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--models", type=int, default=50)
     ap.add_argument("--targets", type=int, default=10)
@@ -160,7 +168,8 @@ def collect(root: Path) -> list[dict]:
             summary = json.loads(s.read_text())
             rows.append({"run": run_dir.name, "data": cfg["data"]["name"],
                          "replay_matches": meta["settings"].get("matches_trained_run"), "acc": result.get("final", {}).get("test_acc"),
-                         "opts": cfg["model"]["options"], "lr": cfg["optim"]["lr"], "epochs": cfg["train"]["epochs"],
+                         "model": cfg["model"]["name"], "opts": cfg["model"]["options"], "lr": cfg["optim"]["lr"],
+                         "epochs": cfg["train"]["epochs"],
                          "targets": len(meta["target_indices"]), **summary["regime"], "methods": summary["methods"]})
     return rows
 
@@ -194,8 +203,13 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
 
         o = r["opts"]
         mark = " (*)" if r["replay_matches"] is False else ""
-        head = "GAP" if o.get("head_pool", 1) == 1 else f"map{o['head_pool']}"
-        lines.append(f"| {r['run']}{mark} | {r['data']} | {'/'.join(map(str, o['widths']))} {head} | {o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'} "
+        if r.get("model", "tiny_cnn") == "tiny_cnn":
+            head = "GAP" if o.get("head_pool", 1) == 1 else f"map{o['head_pool']}"
+            model, act = f"{'/'.join(map(str, o['widths']))} {head}", f"{o['activation']} / {o['pool']} / {'BN' if o.get('batchnorm', True) else 'no BN'}"
+        else:
+            pools = "LSE k2 + global avg" if r["model"] == "resnet9_paper" else "max k2 + global max"
+            model, act = f"{r['model']} width {o.get('width', 2.5)}", f"relu / {pools} / BN"
+        lines.append(f"| {r['run']}{mark} | {r['data']} | {model} | {act} "
                      f"| {r['lr']:g} | {r['epochs']} | {r['acc']:.4f} | {r['targets']} | {r['drop']:g} | {r['models']} "
                      f"| {cell('magic')} | {cell('tracin')} | {cell('trak')} |")
     lines.append("")

@@ -15,6 +15,7 @@ app = typer.Typer(help="Browse the model zoo.", no_args_is_help=True)
 @app.command("list")
 def list_cmd(
     pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. 'resnet*'."),
+    aliases: bool = typer.Option(False, "--aliases", help="Also list the seeds' names (construct_rn9, resnet18_224, ...)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """List registered models with family and parameter count at 10 classes."""
@@ -22,7 +23,7 @@ def list_cmd(
     from cnnlab.models.registry import get_entry, meta_device
 
     rows = []
-    for name in list_models(pattern):
+    for name in list_models(pattern, aliases=aliases):
         with meta_device():
             params = model_info(create_model(name)).total_params
         rows.append({"name": name, "family": model_family(name), "params": params, "description": get_entry(name).description})
@@ -41,20 +42,28 @@ def info_cmd(
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Input size; default: 32, or the family minimum."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Parameters, size and output shape of one model (built on the meta device: instant even for VGG)."""
-    from cnnlab.models import UnknownModelError, create_model, model_family, model_info, output_shape
+    """Parameters, size, output shape and options (with defaults) of one model, built on the meta device
+    (instant even for VGG). NAME may also be an alias, an import path 'pkg.mod:factory' or an entry point."""
+    from cnnlab.models import UnknownModelError, create_model, model_family, model_info, model_options, output_shape
     from cnnlab.models.registry import get_entry, meta_device
 
+    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels), ("--resolution", resolution)):
+        if value is not None and value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
     try:
         entry = get_entry(name)
         in_channels = entry.in_channels if in_channels is None else in_channels
         with meta_device():
             model = create_model(name, num_classes=num_classes, in_channels=in_channels)
-    except (UnknownModelError, ValueError) as e:
+        options = model_options(name)
+    except (UnknownModelError, ValueError, TypeError) as e:
         fail(str(e))
-    res = resolution or max(32, entry.min_resolution)
+    in_channels = in_channels or 3  # a user factory that takes no in_channels: probe with RGB
+    res = resolution or entry.resolution or max(32, entry.min_resolution)
     if res < entry.min_resolution:
         fail(f"--resolution {res} is below the minimum {entry.min_resolution} for {name!r}")
+    if entry.max_resolution and res > entry.max_resolution:
+        fail(f"--resolution {res} is above the maximum {entry.max_resolution} for {name!r}")
     info = model_info(model)
     out = {
         "name": name,
@@ -67,8 +76,13 @@ def info_cmd(
         "size_mb": round(info.size_mb, 3),
         "output_shape": list(output_shape(model, in_channels, res)),
         "min_resolution": entry.min_resolution,
+        "max_resolution": entry.max_resolution,
+        "alias_of": entry.alias_of,
+        "options": {k: {"type": t, "default": list(d) if isinstance(d, tuple) else d} for k, (t, d) in options.items()},
     }
     if json_out:
         print_json(out)
     else:
-        print_table(name, ["field", "value"], list(out.items()))
+        rows = [(k, v) for k, v in out.items() if k != "options" and v is not None]
+        rows += [(f"option {k}", f"{o['default']!r} ({o['type']})") for k, o in out["options"].items()]
+        print_table(name, ["field", "value"], rows)

@@ -28,6 +28,7 @@ def profile_cmd(
     """Profile models at several resolutions; entries are stored per {model}/{resolution} and reused."""
     import torch
 
+    from cnnlab.models import UnknownModelError
     from cnnlab.profile.runner import ProfileSettings, export, plot_families, run_profile, select_models, table_row
 
     try:
@@ -55,7 +56,7 @@ def profile_cmd(
             raise ValueError("nothing to profile: " + "; ".join(f"{s['model']} @ {s['resolution']}: {s['reason']}" for s in skipped))
         files = export(entries, out)
         files["plots"] = plot_families(entries, out)  # type: ignore[assignment]
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, UnknownModelError) as e:
         fail(str(e))
     rows = [table_row(e) for e in entries]
     if json_out:

@@ -28,6 +28,7 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     init: Literal["default", "kaiming", "xavier"] = "default"
     in_channels: Optional[int] = Field(None, ge=1, description="default: the dataset's channel count")
+    weights: Optional[str] = Field(None, description="a local state_dict file loaded strictly into the model before training")
 
 
 class DataConfig(_Strict):

@@ -72,6 +72,8 @@ def validate_names(config: RunConfig) -> None:
             create_model(config.model.name, init="default", **config.model.options)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.options: {e}") from None
+    if config.model.weights is not None and not os.path.isfile(config.model.weights):
+        raise ConfigError(f"model.weights: no file {config.model.weights!r} (a local state_dict file is expected)")
 
 
 def subset_indices(config: RunConfig, n: int) -> Tensor | None:
@@ -127,16 +129,23 @@ def build_run(
     t = config.train
     in_channels = config.model.in_channels or dataset.in_channels
     entry = get_entry(config.model.name)
-    resolution = config.data.resolution or dataset.resolution
-    if resolution < entry.min_resolution:
+    serve = config.data.resolution or entry.resolution  # a name such as resnet18_224 implies its input size
+    resolution = serve or dataset.resolution
+    if resolution < entry.min_resolution or (entry.max_resolution and resolution > entry.max_resolution):
+        limits = f"{entry.min_resolution}..{entry.max_resolution}" if entry.max_resolution else f"at least {entry.min_resolution}"
         raise ConfigError(
-            f"data.resolution: {config.model.name!r} needs inputs of at least {entry.min_resolution} px, "
+            f"data.resolution: {config.model.name!r} needs inputs of {limits} px, "
             f"the data is served at {resolution} px (set data.resolution)")
 
-    model = create_deterministic_model(
-        config.seed, config.model.name, "model", num_classes=dataset.num_classes, in_channels=in_channels,
-        init=config.model.init, **config.model.options)
-    if hasattr(model, "init_whitening"):  # airbench: whitening conv from training patches
+    try:
+        model = create_deterministic_model(
+            config.seed, config.model.name, "model", num_classes=dataset.num_classes, in_channels=in_channels,
+            init=config.model.init, weights=config.model.weights, **config.model.options)
+    except (FileNotFoundError, ValueError) as e:
+        if config.model.weights is None:
+            raise
+        raise ConfigError(f"model.weights: {e}") from None
+    if hasattr(model, "init_whitening") and config.model.weights is None:  # airbench: whitening from training patches
         model.init_whitening(_whitening_batch(dataset, in_channels, resolution))
     model = model.to(device)
     if t.channels_last:
@@ -144,14 +153,14 @@ def build_run(
     if t.compile:
         model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
 
-    if in_channels != dataset.in_channels or config.data.resolution:
-        mean, std = converted_stats(dataset.train.images, channels=in_channels, resize=config.data.resolution)
+    if in_channels != dataset.in_channels or serve:
+        mean, std = converted_stats(dataset.train.images, channels=in_channels, resize=serve)
     else:
         mean, std = dataset.mean, dataset.std
     augment = Augment(
         mean, std, crop_padding=config.data.crop_padding, crop_mode=config.data.crop_mode,
         flip=None if config.data.flip == "none" else config.data.flip, cutout=config.data.cutout,
-        resize=config.data.resolution, channels=in_channels if in_channels != dataset.in_channels else None,
+        resize=serve, channels=in_channels if in_channels != dataset.in_channels else None,
         seed=derive_seed(config.seed, "augment") % (2**31))
     augment.validate_shape(dataset.train.images.shape)
 

@@ -1,4 +1,11 @@
-"""CIFAR ResNet-20/32/44/56/110 (He et al. 2016, Sec. 4.2): 6n+2 layers, 16/32/64 channels, option-A shortcuts."""
+"""CIFAR ResNet-20/32/44/56/110 as seed 001's code builds them (He et al. 2016, Sec. 4.2 layout).
+
+6n+2 layers at 16/32/64 channels; 1x1-conv(+BN) projection shortcuts where the shape changes
+("option B", the seed's default; He et al.'s parameter-free option A via ``shortcut="A"``); conv biases
+only without BatchNorm; Kaiming-normal (fan_out) conv init, N(0, 0.01) linear init; optional
+Dropout before the linear head. Module names are the seed's (``features``, ``layer1``..``layer3``,
+``classifier``), so its checkpoints load with ``strict=True``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,7 @@ from torch import nn
 
 from cnnlab.models.registry import register_model
 
-
-def _conv_norm(cin: int, cout: int, stride: int, batchnorm: bool) -> list[nn.Module]:
-    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not batchnorm)
-    return [conv, nn.BatchNorm2d(cout)] if batchnorm else [conv, nn.Identity()]
+_SHORTCUTS = ("A", "B")
 
 
 class ShortcutA(nn.Module):
@@ -33,27 +37,42 @@ class ShortcutA(nn.Module):
         return f"{self.cin}->{self.cout}, stride={self.stride}"
 
 
-class BasicBlockA(nn.Module):
-    """Two 3x3 conv(-BN) layers with ReLU and an identity / option-A shortcut."""
+def _norm(c: int, batchnorm: bool) -> nn.Module:
+    return nn.BatchNorm2d(c) if batchnorm else nn.Identity()
 
-    def __init__(self, cin: int, cout: int, stride: int, batchnorm: bool):
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv(-BN) layers with ReLU; identity, option-B (1x1 conv(-BN)) or option-A shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, use_batchnorm: bool = True, shortcut: str = "B"):
         super().__init__()
-        self.conv1, self.bn1 = _conv_norm(cin, cout, stride, batchnorm)
-        self.conv2, self.bn2 = _conv_norm(cout, cout, 1, batchnorm)
-        self.relu = nn.ReLU()
-        self.shortcut = ShortcutA(cin, cout, stride) if (stride != 1 or cin != cout) else nn.Identity()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=not use_batchnorm)
+        self.bn1 = _norm(planes, use_batchnorm)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=not use_batchnorm)
+        self.bn2 = _norm(planes, use_batchnorm)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            if shortcut == "A":
+                self.shortcut = ShortcutA(in_planes, planes, stride)
+            else:
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=not use_batchnorm), _norm(planes, use_batchnorm))
+        self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    """Stem conv-BN-ReLU (16 channels) then three stages of ``n`` blocks at 16/32/64 channels
-    (stride 2 entering stages 2 and 3), global average pooling, optional dropout, linear head.
-
-    ``features`` is the stem (the masking hook point); ``gradcam_layer()`` is the last block.
+    """Stem ``features`` = conv(-BN)-ReLU (16 channels, the masking hook point), three stages of ``n``
+    blocks at 16/32/64 (stride 2 entering stages 2 and 3), global average pooling, ``classifier``
+    (``Sequential(Dropout, Linear)`` when ``dropout > 0``, as the seed's ``use_dropout``).
+    ``gradcam_layer()`` is the last block.
     """
 
     def __init__(
@@ -63,63 +82,76 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         batchnorm: bool = True,
         dropout: float = 0.0,
+        shortcut: str = "B",
     ):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
-        if not 0 <= dropout < 1:
+        if isinstance(dropout, bool) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if shortcut not in _SHORTCUTS:
+            raise ValueError(f"shortcut must be 'A' (He et al.'s zero padding) or 'B' (1x1 projection), got {shortcut!r}")
         n = (depth - 2) // 6
-        conv, norm = _conv_norm(in_channels, 16, 1, batchnorm)
-        self.features = nn.Sequential(conv, norm, nn.ReLU())
-        cin = 16
-        for i, cout in enumerate((16, 32, 64), start=1):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (j == 0 and i > 1) else 1
-                blocks.append(BasicBlockA(cin, cout, stride, batchnorm))
-                cin = cout
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        stem: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=not batchnorm)]
+        if batchnorm:
+            stem.append(nn.BatchNorm2d(16))
+        stem.append(nn.ReLU())
+        self.features = nn.Sequential(*stem)
+        self.in_planes = 16
+        self.layer1 = self._make_layer(16, n, 1, batchnorm, shortcut)
+        self.layer2 = self._make_layer(32, n, 2, batchnorm, shortcut)
+        self.layer3 = self._make_layer(64, n, 2, batchnorm, shortcut)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
+        linear = nn.Linear(64, num_classes)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
+        for m in self.modules():  # the seed's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, n: int, stride: int, batchnorm: bool, shortcut: str) -> nn.Sequential:
+        blocks = []
+        for s in [stride] + [1] * (n - 1):
+            blocks.append(BasicBlock(self.in_planes, planes, s, batchnorm, shortcut))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
+
+    @property
+    def fc(self) -> nn.Linear:
+        return self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
+
+    @property
+    def dropout(self) -> nn.Module:
+        return self.classifier[0] if isinstance(self.classifier, nn.Sequential) else nn.Identity()
 
     def gradcam_layer(self) -> nn.Module:
         return self.layer3[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.features(x))))
-        return self.fc(self.dropout(self.avgpool(x).flatten(1)))
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
 _FAMILY = "cifar_resnet"
 
 
-@register_model("resnet20", family=_FAMILY, min_resolution=4, description="He et al. CIFAR ResNet-20, option-A shortcuts (0.27M)")
-def resnet20(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> CifarResNet:
-    return CifarResNet(20, num_classes, in_channels, batchnorm, dropout)
+def _register(depth: int, approx: str) -> None:
+    @register_model(f"resnet{depth}", family=_FAMILY, min_resolution=4,
+                    description=f"seed 001's CIFAR ResNet-{depth}: option-B projection shortcuts ({approx}); shortcut='A' for He et al.'s")
+    def factory(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0,
+                shortcut: str = "B") -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, batchnorm, dropout, shortcut)
+
+    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    globals()[f"resnet{depth}"] = factory
 
 
-@register_model("resnet32", family=_FAMILY, min_resolution=4, description="He et al. CIFAR ResNet-32, option-A shortcuts (0.46M)")
-def resnet32(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> CifarResNet:
-    return CifarResNet(32, num_classes, in_channels, batchnorm, dropout)
-
-
-@register_model("resnet44", family=_FAMILY, min_resolution=4, description="He et al. CIFAR ResNet-44, option-A shortcuts (0.66M)")
-def resnet44(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> CifarResNet:
-    return CifarResNet(44, num_classes, in_channels, batchnorm, dropout)
-
-
-@register_model("resnet56", family=_FAMILY, min_resolution=4, description="He et al. CIFAR ResNet-56, option-A shortcuts (0.85M)")
-def resnet56(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> CifarResNet:
-    return CifarResNet(56, num_classes, in_channels, batchnorm, dropout)
-
-
-@register_model("resnet110", family=_FAMILY, min_resolution=4, description="He et al. CIFAR ResNet-110, option-A shortcuts (1.7M)")
-def resnet110(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> CifarResNet:
-    return CifarResNet(110, num_classes, in_channels, batchnorm, dropout)
+for _depth, _approx in ((20, "0.27M"), (32, "0.47M"), (44, "0.66M"), (56, "0.86M"), (110, "1.7M")):
+    _register(_depth, _approx)

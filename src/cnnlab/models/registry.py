@@ -1,10 +1,21 @@
-"""A timm-style model registry: ``create_model``, ``list_models``, ``model_info``."""
+"""A timm-style model registry: ``create_model``, ``list_models``, ``model_info``.
+
+Besides registered names, a model name may be a factory in the user's code, ``"pkg.module:factory"``,
+or a name a package registers in the ``cnnlab.models`` entry-point group. Such a factory may take only
+``num_classes`` (as the seeds' creators do); ``in_channels`` and options are passed when it accepts them.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
+import math
+import os
+import typing
+from collections.abc import Sequence
+from importlib import metadata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -24,10 +35,14 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     min_resolution: int = 8
     description: str = ""
-    in_channels: int = 3  # input channels when the caller does not say (e.g. 1 for an EMNIST model)
+    in_channels: int | None = 3  # input channels when the caller does not say (e.g. 1 for an EMNIST model)
+    max_resolution: int | None = None  # largest input size the model takes (None: any)
+    resolution: int | None = None  # the input size a name implies (seed 003's ``*_224`` names), if any
+    alias_of: str | None = None  # the registered name an alias stands for
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+ENTRY_POINT_GROUP = "cnnlab.models"
 
 
 class UnknownModelError(KeyError):
@@ -44,6 +59,7 @@ def register_model(
     min_resolution: int = 8,
     description: str = "",
     in_channels: int = 3,
+    max_resolution: int | None = None,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``factory(num_classes, in_channels, **options)`` under ``name``.
@@ -60,50 +76,209 @@ def register_model(
         unknown = [k for k in defaults if accepted is not None and k not in accepted]
         if unknown:
             raise ValueError(f"model {name!r}: default option(s) {unknown} are not parameters of {factory.__name__}")
-        _REGISTRY[name] = ModelEntry(name, factory, family, dict(defaults), min_resolution, description, in_channels)
+        _REGISTRY[name] = ModelEntry(name, factory, family, dict(defaults), min_resolution, description, in_channels,
+                                     max_resolution)
         return factory
 
     return deco
 
 
-def get_entry(name: str) -> ModelEntry:
+def register_alias(alias: str, target: str, *, resolution: int | None = None, description: str = "", **defaults: Any) -> None:
+    """Register ``alias`` as another name of ``target`` (its options plus ``defaults``).
+
+    ``resolution``: the input size the alias implies (a run serves its data at that size unless
+    ``data.resolution`` says otherwise).
+    """
+    if alias in _REGISTRY:
+        raise ValueError(f"model {alias!r} is registered twice")
+    base = get_entry(target)
+    accepted = _accepted_options(base.factory)
+    unknown = [k for k in defaults if accepted is not None and k not in accepted]
+    if unknown:
+        raise ValueError(f"alias {alias!r}: option(s) {unknown} are not options of {target!r}")
+    _REGISTRY[alias] = ModelEntry(
+        alias, base.factory, base.family, {**base.defaults, **defaults}, base.min_resolution,
+        description or f"alias of {target}" + (f" at {resolution} px" if resolution else ""), base.in_channels,
+        base.max_resolution, resolution, base.alias_of or target)
+
+
+def _import_factory(name: str) -> ModelEntry:
+    """``"pkg.module:attr"`` -> an entry for that callable (imported from the user's code)."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UnknownModelError(f"model {name!r}: an import path is written 'package.module:factory'")
     try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UnknownModelError(f"model {name!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownModelError(f"model {name!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return _user_entry(name, obj)
+
+
+def _user_entry(name: str, factory: Any) -> ModelEntry:
+    if not callable(factory):
+        raise UnknownModelError(f"model {name!r} is not callable (a model factory or nn.Module class is expected)")
+    accepts_in = _accepts(factory, "in_channels")
+    return ModelEntry(name, factory, "user", {}, 1, f"user model {name}", 3 if accepts_in else None)
+
+
+def _entry_point(name: str) -> ModelEntry | None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                return _user_entry(name, ep.load())
+            except Exception as e:  # a broken plug-in package must name itself
+                raise UnknownModelError(f"model {name!r}: entry point {ep.value!r} ({ENTRY_POINT_GROUP}) failed to load: {e}") from None
+    return None
+
+
+def entry_point_names() -> list[str]:
+    """Model names that installed packages register in the ``cnnlab.models`` entry-point group."""
+    return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The entry of a registered name or alias, an import path ``pkg.mod:factory``, or an entry point."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Run `cnnlab models list` to see all {len(_REGISTRY)} models."
-        ) from None
-
-
-def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Sorted registered names matching a shell-style ``pattern`` (and optionally a family)."""
-    return sorted(
-        n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+    if ":" in name:
+        return _import_factory(name)
+    found = _entry_point(name)
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}.{hint} Run `cnnlab models list` to see all {len(_REGISTRY)} models, "
+        "or name your own factory as 'package.module:factory'."
     )
 
 
+def list_models(pattern: str = "*", family: str | None = None, aliases: bool = False) -> list[str]:
+    """Sorted registered names matching a shell-style ``pattern`` (and optionally a family).
+
+    ``aliases=True`` also lists the seeds' names for registered models (``construct_rn9``, ``resnet18_224``...).
+    """
+    return sorted(
+        n for n, e in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family) and (aliases or e.alias_of is None)
+    )
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have none
+        return None
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    sig = _signature(factory)
+    if sig is None:
+        return True
+    params = sig.parameters.values()
+    return name in sig.parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def _accepted_options(factory: Callable[..., nn.Module]) -> list[str] | None:
-    params = inspect.signature(factory).parameters.values()
+    sig = _signature(factory)
+    if sig is None:
+        return None
+    params = sig.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name not in ("num_classes", "in_channels")]
+    return [p.name for p in params if p.name not in ("num_classes", "in_channels")
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
 
 
-def create_model(
-    name: str, num_classes: int = 10, in_channels: int | None = None, init: str = "default", **options: Any
-) -> nn.Module:
-    """Build a registered model. ``init``: default | kaiming | xavier. Bad options raise ValueError.
-
-    ``in_channels=None`` means the model's registered default (3 unless the variant says otherwise).
-    """
+def model_options(name: str) -> dict[str, tuple[str, Any]]:
+    """``{option: (type as written, default)}`` of a model (its variant's baked-in values as defaults)."""
     entry = get_entry(name)
-    if in_channels is None:
-        in_channels = entry.in_channels
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
+    sig = _signature(entry.factory)
+    if sig is None:
+        return {}
+    hints = _type_hints(entry.factory)
+    out = {}
+    for p in sig.parameters.values():
+        if p.name in ("num_classes", "in_channels") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            continue
+        default = entry.defaults.get(p.name, None if p.default is p.empty else p.default)
+        hint = hints.get(p.name)
+        out[p.name] = (_type_name(hint) if hint is not None else "any", default)
+    return out
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations in a user's factory: no type checks
+        return {}
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _check_value(key: str, value: Any, hint: Any) -> None:
+    """Refuse a value that does not match the factory's annotation: never coerce (``True`` is no int, 'maybe' no bool)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is None:
+        return
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        errors = []
+        for a in args:
+            try:
+                return _check_value(key, value, a)
+            except ValueError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"option {key!r} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f"option {key!r} must be None, got {value!r}")
+        return
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"option {key!r} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"option {key!r} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"option {key!r} must be a finite number, got {value!r}")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"option {key!r} must be a string, got {value!r}")
+    elif origin in (tuple, list, Sequence) or hint in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            raise ValueError(f"option {key!r} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[int, int, int]
+            if len(value) != len(args):
+                raise ValueError(f"option {key!r} must be a list of {len(args)} values, got {value!r}")
+            for i, (v, a) in enumerate(zip(value, args)):
+                _check_value(f"{key}[{i}]", v, a)
+        elif args:  # tuple[int, ...], list[int], Sequence[int]
+            for i, v in enumerate(value):
+                _check_value(f"{key}[{i}]", v, args[0])
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Translate the seeds' option names and check names and types against the factory's signature.
+
+    Returns the options to pass; a bad one raises ValueError naming the key and what was expected.
+    """
+    from cnnlab.models.compat import translate_options
+
+    entry = get_entry(name)
     accepted = _accepted_options(entry.factory)
+    options = translate_options(options, accepted)
     if accepted is not None:
         bad = [k for k in options if k not in accepted]
         if bad:
@@ -111,25 +286,90 @@ def create_model(
                 f"model {name!r} does not accept option(s) {', '.join(map(repr, bad))}; "
                 f"accepted: {', '.join(accepted) or '(none)'}, plus init"
             )
+    hints = _type_hints(entry.factory)
+    for key, value in options.items():
+        if key in hints:
+            _check_value(key, value, hints[key])
+    return options
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int | None = None,
+    init: str = "default",
+    weights: str | os.PathLike | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a model by registered name, alias, import path ``pkg.mod:factory`` or entry-point name.
+
+    ``init``: default | kaiming | xavier. ``in_channels=None``: the model's default. ``weights``: a local
+    state_dict file (e.g. torchvision's format) loaded strictly after init. Bad options raise ValueError.
+    """
+    entry = get_entry(name)
+    if in_channels is None:
+        in_channels = entry.in_channels
+    for key, v in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
+    options = check_options(name, options)
     kwargs = {**entry.defaults, **options}
-    model = entry.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if in_channels is not None and _accepts(entry.factory, "in_channels"):
+        kwargs["in_channels"] = in_channels
+    model = entry.factory(num_classes=num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r}: the factory returned {type(model).__name__}, not an nn.Module")
     apply_init(model, init)
+    if weights is not None:
+        load_weights(model, weights)
     model.cnnlab_name = name  # type: ignore[attr-defined]
     return model
 
 
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state_dict file into ``model`` strictly; a mismatch names the missing/unexpected keys."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"weights file {path!r} is not a readable torch state_dict: {e}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):  # common wrappers (a cnnlab checkpoint keeps it under "model")
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path!r} does not hold a state_dict (a mapping of names to tensors)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"shape mismatches: {few(shapes)}" if shapes else ""]
+        raise ValueError(f"weights file {path!r} does not match the model; " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
 def create_deterministic_model(
-    master_seed: int, name_or_factory: str | Callable[..., nn.Module], instance_id: str | int, **kwargs: Any
+    master_seed: int, creator_func: str | Callable[..., nn.Module], instance_id: str | int, **kwargs: Any
 ) -> nn.Module:
     """Build a model whose weights are a pure function of (master_seed, instance_id, kwargs).
 
-    The init seed is derived from SHA-256 of the master seed and instance id; the global RNG is
-    restored afterwards, so building models never perturbs other random streams.
+    ``creator_func``: a model name (any that ``create_model`` takes) or a callable such as the seed's
+    ``construct_resnet9_paper``, called with ``kwargs``; the keywords are seed 000's. The init seed is
+    derived from SHA-256 of the master seed and instance id; the global RNG is restored afterwards, so
+    building models never perturbs other random streams.
     """
     with fork_rng_seeded(derive_seed(master_seed, f"model/{instance_id}")):
-        if callable(name_or_factory):
-            return name_or_factory(**kwargs)
-        return create_model(name_or_factory, **kwargs)
+        if callable(creator_func):
+            return creator_func(**kwargs)
+        return create_model(creator_func, **kwargs)
 
 
 def apply_init(model: nn.Module, init: str) -> None:

@@ -59,6 +59,8 @@ class SmallCNN(nn.Module):
             raise ValueError(f"pool must be one of {sorted(_POOLS)}, got {pool!r}")
         if isinstance(head_pool, bool) or not isinstance(head_pool, int) or head_pool < 1:
             raise ValueError(f"head_pool must be a positive integer, got {head_pool!r}")
+        if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise ValueError(f"widths must be a non-empty list of positive integers (channels per stage), got {list(widths)!r}")
         act = _ACTS[activation]
         self.features = conv_bn_act(in_channels, widths[0], batchnorm=batchnorm, act=act)
         stages: list[nn.Module] = []

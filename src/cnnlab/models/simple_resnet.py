@@ -1,6 +1,9 @@
-"""SimpleResNet: a CIFAR/MNIST-size BasicBlock ResNet, 64->128->256->512, with blocks per stage as an option.
+"""SimpleResNet (seed 004): a BasicBlock ResNet, 64->128->256->512, 3x3 stride-1 stem, no max pool.
 
-``resnet4stage`` ([1, 1, 1, 1], one input channel) is the EMNIST model used for populations.
+Constructor and module names are the seed's (``SimpleResNet(block, num_blocks_per_stage, num_classes,
+in_channels)``; ``conv1``, ``bn1``, ``layer1``..``layer4``, ``linear``; ``BasicBlock.expansion``), so a
+state_dict saved by the seed's code loads with ``strict=True``. ``resnet4stage`` (the seed's
+``ResNet4StageCustom``: [1, 1, 1, 1], one input channel) is the EMNIST model used for populations.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ WIDTHS = (64, 128, 256, 512)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with ReLU; a 1x1 conv-BN projection shortcut when the shape changes."""
+    """Two 3x3 conv-BN layers with ReLU; a 1x1 conv-BN projection ``shortcut`` when the shape changes."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU()  # no parameters: the state_dict keys stay the seed's
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(self.expansion * planes),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -36,47 +44,62 @@ class BasicBlock(nn.Module):
 
 
 class SimpleResNet(nn.Module):
-    """3x3 stride-1 stem conv-BN-ReLU (no max pool), four stages of BasicBlocks at 64/128/256/512
-    (stride 2 entering stages 2-4), global average pooling, Linear(512, C).
+    """Stem conv1-bn1-ReLU (64 channels, stride 1), four stages of ``block`` at 64/128/256/512 (stride 2
+    entering stages 2-4), ``avgpool`` to 1x1, ``linear``.
 
-    ``features`` is the stem (the masking hook point); ``gradcam_layer()`` is the last block.
+    ``first_block()`` (the masking hook point) is the stem's ReLU; ``gradcam_layer()`` the last block.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2)):
+    def __init__(
+        self,
+        block: type[nn.Module] = BasicBlock,
+        num_blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ):
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
-        if len(blocks) != len(WIDTHS) or min(blocks) < 1:
+        blocks = tuple(num_blocks_per_stage)
+        if len(blocks) != len(WIDTHS) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks):
             raise ValueError(f"blocks must be {len(WIDTHS)} positive ints (blocks per stage), got {blocks!r}")
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1, bias=False), nn.BatchNorm2d(WIDTHS[0]), nn.ReLU()
-        )
-        cin = WIDTHS[0]
-        stages = []
-        for i, (cout, n) in enumerate(zip(WIDTHS, blocks)):
-            layer = [BasicBlock(cin, cout, stride=1 if i == 0 else 2)]
-            layer += [BasicBlock(cout, cout) for _ in range(n - 1)]
-            stages.append(nn.Sequential(*layer))
-            cin = cout
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+        expansion = getattr(block, "expansion", 1)
+        self.in_planes = WIDTHS[0]
+        self.conv1 = nn.Conv2d(in_channels, WIDTHS[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.relu = nn.ReLU()
+        self.layer1 = self._make_layer(block, WIDTHS[0], blocks[0], stride=1)
+        self.layer2 = self._make_layer(block, WIDTHS[1], blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, WIDTHS[2], blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, WIDTHS[3], blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = nn.Linear(WIDTHS[3] * expansion, num_classes)
+
+    def _make_layer(self, block: type[nn.Module], planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * getattr(block, "expansion", 1)
+        return nn.Sequential(*layers)
+
+    def first_block(self) -> nn.Module:
+        return self.relu
 
     def gradcam_layer(self) -> nn.Module:
         return self.layer4[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.features(x)))))
-        return self.fc(self.avgpool(x).flatten(1))
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(torch.flatten(self.avgpool(x), 1))
 
 
 @register_model("simple_resnet", family="simple_resnet", min_resolution=8,
-                description="BasicBlock ResNet 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)")
+                description="SimpleResNet (seed 004) BasicBlock 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)")
 def simple_resnet(num_classes: int = 10, in_channels: int = 3, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> SimpleResNet:
-    return SimpleResNet(num_classes, in_channels, blocks)
+    return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)
 
 
 @register_model("resnet4stage", family="simple_resnet", min_resolution=8, in_channels=1,
-                description="SimpleResNet [1,1,1,1], 1 input channel: the EMNIST population model (4.9M)",
+                description="the seed's ResNet4StageCustom: SimpleResNet [1,1,1,1], 1 input channel (EMNIST, 4.9M)",
                 blocks=(1, 1, 1, 1))
 def resnet4stage(num_classes: int = 10, in_channels: int = 1, blocks: tuple[int, ...] = (1, 1, 1, 1)) -> SimpleResNet:
-    return SimpleResNet(num_classes, in_channels, blocks)
+    return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)

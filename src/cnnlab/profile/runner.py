@@ -57,11 +57,16 @@ class ProfileSettings:
 
 
 def select_models(patterns: str | Sequence[str]) -> list[str]:
-    """Registered model names matching comma-separated shell patterns (``"resnet*,tiny_cnn"``)."""
+    """Registered model names matching comma-separated shell patterns (``"resnet*,tiny_cnn"``); a name
+    without wildcards may also be an alias, an import path ``pkg.mod:factory`` or an entry-point name."""
     pats = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
     names: list[str] = []
     for p in pats:
-        names.extend(n for n in list_models(p) if n not in names)
+        matched = list_models(p)
+        if not matched and not any(c in p for c in "*?["):
+            get_entry(p)  # raises a clear UnknownModelError for a bad name
+            matched = [p]
+        names.extend(n for n in matched if n not in names)
     return names
 
 
@@ -153,10 +158,13 @@ def run_profile(models: Iterable[str], resolutions: Iterable[int], out_dir: str 
     """
     entries, skipped = [], []
     for name in models:
-        min_res = get_entry(name).min_resolution
+        min_res, max_res = get_entry(name).min_resolution, get_entry(name).max_resolution
         for res in resolutions:
             if res < min_res:
                 skipped.append({"model": name, "resolution": res, "reason": f"below the model minimum of {min_res} px"})
+                continue
+            if max_res is not None and res > max_res:
+                skipped.append({"model": name, "resolution": res, "reason": f"above the model maximum of {max_res} px"})
                 continue
             path = entry_path(out_dir, name, res)
             cached = None
