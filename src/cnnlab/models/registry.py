@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import inspect
 import math
 import os
@@ -104,17 +103,15 @@ def register_alias(alias: str, target: str, *, resolution: int | None = None, de
 
 def _import_factory(name: str) -> ModelEntry:
     """``"pkg.module:attr"`` -> an entry for that callable (imported from the user's code)."""
+    from cnnlab.utils.imports import import_object
+
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise UnknownModelError(f"model {name!r}: an import path is written 'package.module:factory'")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UnknownModelError(f"model {name!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UnknownModelError(f"model {name!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+        obj = import_object(name)
+    except ValueError as e:
+        raise UnknownModelError(f"model {name!r}: {e}; is it on PYTHONPATH?") from None
     return _user_entry(name, obj)
 
 
