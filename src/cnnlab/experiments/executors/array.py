@@ -81,7 +81,7 @@ def run_submit(argv: list[str], tool: str) -> str:
 
 class ArrayExecutor(Executor):
     """A scheduler of job arrays. Subclasses: ``name``, ``tool`` (display name), ``task_var``, ``submit_argv``,
-    ``uses_table`` (array ids are ranges: subsets need a lookup table), ``header`` and ``job_id``."""
+    ``uses_table`` (array ids are ranges: subsets need a lookup table), ``options_model``, ``header`` and ``job_id``."""
 
     tool = ""
     task_var = ""
@@ -94,9 +94,12 @@ class ArrayExecutor(Executor):
     def job_id(self, stdout: str) -> str:
         raise NotImplementedError
 
+    options_model: type[ClusterOptions] = ClusterOptions
+
     def options(self, sweep: Optional[Sweep]) -> ClusterOptions:
-        """This engine's options from a sweep file's ``executors:`` section (defaults without a sweep)."""
-        return getattr(sweep.spec.executors, self.name) if sweep is not None else ClusterOptions()
+        """This engine's options from a sweep file's ``executors:`` section (its defaults where there are none)."""
+        found = getattr(sweep.spec.executors, self.name, None) if sweep is not None else None
+        return found if found is not None else self.options_model()
 
     def script(self, job: ArrayJob, opts: ClusterOptions, request: SubmitRequest) -> str:
         k = request.max_concurrent or opts.max_concurrent
