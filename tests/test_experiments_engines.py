@@ -135,7 +135,6 @@ def test_lds_array_script_tasks_are_resumable_and_merge_to_the_local_result(magi
     text = Path(sub["script"]).read_text()
     assert ("#SBATCH --array=1-4%2" in text) if executor == "slurm" else ("#$ -t 1-4" in text and "#$ -tc 2" in text)
     assert " -m cnnlab lds " in text.splitlines()[-1] and "--models 4" in text
-    res = cli.invoke(app, ["lds", str(run), *LDS_ARGS, "--json"])  # merging before the tasks ran trains nothing
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     seen = set()
     for task in (1, 2, 2, 3, 4):  # task 2 twice: a rerun task finds its record and trains nothing
