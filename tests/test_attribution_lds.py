@@ -121,7 +121,7 @@ def test_study_resumes_and_keeps_finished_models(digits, magic, tmp_path):
 
     summary = again.evaluate({"magic": Scores(magic.scores, magic.train_indices, magic.target_indices, "loss", "magic")})
     assert summary["methods"]["magic"]["models"] == 4
-    with pytest.raises(ValueError, match="other masks, targets or measurement"):
+    with pytest.raises(ValueError, match="holds subset models for other targets;"):
         LDSStudy(tmp_path, regime, **{**kw, "targets": [1, 2]})
 
 

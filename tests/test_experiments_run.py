@@ -73,7 +73,7 @@ def test_failures_are_recorded_do_not_stop_the_sweep_and_can_be_retried(tmp_path
     assert [r.index for r in todo_runs(sweep, retry_failed=True)] == [2]
     retried = run_local(sweep, retry_failed=True)
     assert {o.index: (o.status, o.action) for o in retried}[2] == ("done", "trained")
-    assert sweep.status()["counts"] == {"done": 4, "running": 0, "failed": 0, "diverged": 0, "pending": 0}
+    assert sweep.status()["counts"] == {"done": 4, "running": 0, "failed": 0, "diverged": 0, "stale": 0, "pending": 0}
     assert json.loads((sweep.run(2).run_dir / "failure.prev.json").read_text())["attempts"] == 1
 
 

@@ -12,6 +12,7 @@ finish (a killed study resumes), optionally in parallel worker processes; any nu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -157,15 +158,15 @@ def _worker_init(config_dict: dict, dataset: ImageDataset | None, targets: list[
 _W: dict[str, Any] = {}
 
 
-def _worker_train(k: int, weights: Tensor, out: str) -> int:
+def _worker_train(k: int, weights: Tensor, out: str, provenance: dict[str, Any]) -> int:
     t0 = time.perf_counter()
     phi = train_subset_phi(_W["config"], weights, _W["targets"], _W["measure"], _W["dataset"])
-    _write_record(Path(out), k, phi, time.perf_counter() - t0)
+    _write_record(Path(out), k, phi, time.perf_counter() - t0, provenance)
     return k
 
 
-def _write_record(path: Path, k: int, phi: Tensor, seconds: float) -> None:
-    write_json_atomic(path, {"model": k, "phi": phi.tolist(), "time_s": seconds})
+def _write_record(path: Path, k: int, phi: Tensor, seconds: float, provenance: dict[str, Any] | None = None) -> None:
+    write_json_atomic(path, {"model": k, "phi": phi.tolist(), "time_s": seconds, "provenance": provenance or {}})
 
 
 class LDSStudy:
@@ -196,14 +197,40 @@ class LDSStudy:
         meta = {"train_indices": self.train_indices, "targets": torch.as_tensor(self.targets), "measure": self.measure_name}
         if path.is_file():
             old = torch.load(path, map_location="cpu", weights_only=True)
-            same = (torch.equal(old["keep"], keep) and torch.equal(old["train_indices"], self.train_indices)
-                    and torch.equal(old["targets"], meta["targets"]) and old["measure"] == self.measure_name)
-            if not same:
-                raise ValueError(f"{self.dir} holds subset models for other masks, targets or measurement; "
+            differ = [name for name, same in (
+                ("masks", torch.equal(old["keep"], keep)),
+                ("train indices", torch.equal(old["train_indices"], self.train_indices)),
+                ("targets", torch.equal(old["targets"], meta["targets"])),
+                ("measurement", old["measure"] == self.measure_name)) if not same]
+            if differ:
+                raise ValueError(f"{self.dir} holds subset models for other {', '.join(differ)}; "
                                  "rerun with --force to retrain them")
         else:
             save_torch_atomic(path, {"keep": keep, **meta})
         return keep
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What every subset-model record must match to be merged: regime, masks, run config, targets, measurement."""
+        if not hasattr(self, "_provenance"):
+            from cnnlab.engine.rundir import config_digest
+
+            self._provenance = {"regime": self.regime.tag, "config": config_digest(self.config.to_dict()),
+                                "masks": hashlib.sha256(self.keep.numpy().tobytes()).hexdigest()[:16],
+                                "targets": self.targets, "measurement": self.measure_name}
+        return self._provenance
+
+    def train_one(self, k: int) -> bool:
+        """Train subset model ``k`` (0-based) unless its record exists: one resumable task of an array job.
+        Bitwise the step engine's model of :meth:`train`. True if it trained."""
+        if not 0 <= k < self.regime.models:
+            raise ValueError(f"subset model {k} is out of range: this regime has models 0..{self.regime.models - 1}")
+        if self.record_path(k).is_file():
+            return False
+        t0 = time.perf_counter()
+        phi = train_subset_phi(self.config, self.weights(k), self.targets, self.measure, self.dataset)
+        _write_record(self.record_path(k), k, phi, time.perf_counter() - t0, self.provenance)
+        return True
 
     def record_path(self, k: int) -> Path:
         return self.dir / "models" / f"{k:05d}.json"
@@ -239,7 +266,7 @@ class LDSStudy:
                                                 backend=backend, workers=workers)
                 per = (time.perf_counter() - t0) / len(ids)
                 for k, phi in zip(ids, phis):
-                    _write_record(self.record_path(k), k, phi, per)
+                    _write_record(self.record_path(k), k, phi, per, self.provenance)
                 done += len(ids)
                 if progress:
                     progress(done, self.regime.models)
@@ -248,7 +275,7 @@ class LDSStudy:
             for k in todo:
                 t0 = time.perf_counter()
                 phi = train_subset_phi(self.config, self.weights(k), self.targets, self.measure, self.dataset)
-                _write_record(self.record_path(k), k, phi, time.perf_counter() - t0)
+                _write_record(self.record_path(k), k, phi, time.perf_counter() - t0, self.provenance)
                 done += 1
                 if progress:
                     progress(done, self.regime.models)
@@ -262,7 +289,7 @@ class LDSStudy:
         threads = max(1, torch.get_num_threads() // workers)
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                     initargs=(self.config.to_dict(), self.dataset, self.targets, self.measure, threads)) as pool:
-            futures = [pool.submit(_worker_train, k, self.weights(k), str(self.record_path(k))) for k in todo]
+            futures = [pool.submit(_worker_train, k, self.weights(k), str(self.record_path(k)), self.provenance) for k in todo]
             for f in cf.as_completed(futures):
                 f.result()
                 done += 1
@@ -274,8 +301,26 @@ class LDSStudy:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"{len(missing)} of {self.regime.models} subset models in {self.dir} are not trained yet")
-        rows = [json.loads(self.record_path(k).read_text(encoding="utf-8"))["phi"] for k in range(self.regime.models)]
+        rows = [self._checked_record(k)["phi"] for k in range(self.regime.models)]
         return torch.tensor(rows, dtype=torch.float64)
+
+    def _checked_record(self, k: int) -> dict[str, Any]:
+        """A subset model's record, checked before it is merged: model index, shape, provenance."""
+        path = self.record_path(k)
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable subset-model record ({e}); delete it to retrain that model") from None
+        if rec.get("model") != k or not isinstance(rec.get("phi"), list) or len(rec["phi"]) != len(self.targets):
+            raise ValueError(f"{path}: expected model {k} with {len(self.targets)} phi values, got model "
+                             f"{rec.get('model')!r} with {len(rec.get('phi') or [])}; delete it to retrain that model")
+        prov = rec.get("provenance")
+        if prov:  # records written before provenance was kept carry none
+            bad = [key for key, v in self.provenance.items() if prov.get(key) != v]
+            if bad:
+                raise ValueError(f"{path} was trained for another {', '.join(bad)} than this study; "
+                                 "rerun with --force to retrain the subset models")
+        return rec
 
     def evaluate(self, methods: dict[str, Scores], *, bootstrap: int = 2000) -> dict[str, Any]:
         """LDS of each score set on the trained subset models; written to summary.json (merged with earlier methods)."""

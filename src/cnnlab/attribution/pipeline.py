@@ -173,6 +173,17 @@ def baseline_scores(run_dir: str | Path, method: str, *, force: bool = False, da
     return s
 
 
+def lds_study(run_dir: str | Path, regime: Regime, *, dataset: ImageDataset | None = None) -> LDSStudy:
+    """The LDS study of one regime on the MAGIC run in ``run_dir`` (its masks saved; nothing trained)."""
+    run_dir = Path(run_dir)
+    magic = load_magic(run_dir)
+    config = read_run_config(run_dir)
+    ds = dataset or load_run_dataset(config)
+    return LDSStudy(run_dir, regime, config=config, train_indices=magic.train_indices,
+                    targets=magic.target_indices.tolist(), measure=magic.measurement,
+                    num_train=len(ds.train), dataset=ds)
+
+
 def lds_analysis(
     run_dir: str | Path,
     regime: Regime,
@@ -194,21 +205,17 @@ def lds_analysis(
     installed) or "step" (see :meth:`LDSStudy.train`).
     """
     run_dir = Path(run_dir)
-    magic = load_magic(run_dir)
-    config = read_run_config(run_dir)
     if force:
         reset_study(run_dir, regime)
-    ds = dataset or load_run_dataset(config)
-    study = LDSStudy(run_dir, regime, config=config, train_indices=magic.train_indices,
-                     targets=magic.target_indices.tolist(), measure=magic.measurement,
-                     num_train=len(ds.train), dataset=ds)
+    study = lds_study(run_dir, regime, dataset=dataset)
+    ds = study.dataset
     existing = study.summary()
     wanted = ["magic", *baselines, *(f"external:{Path(f).stem}" for f in scores_files)]
     if existing is not None and not force and all(w in existing["methods"] for w in wanted) and not study.pending():
         return existing
     engine = engine or ("population" if population_available() else "step")
     study.train(workers=workers, progress=progress, engine=engine, backend=backend)
-    ms = magic_scores(magic)
+    ms = magic_scores(load_magic(run_dir))
     methods: dict[str, Scores] = {"magic": ms}
     for b in baselines:
         if b == "trak" and not bl.trak_available():

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from cnnlab.attribution.magic import MagicResult
 from cnnlab.attribution.replay import ReplayStats
-from cnnlab.utils.io import atomic_path, save_torch_atomic, write_json_atomic
+from cnnlab.utils.io import atomic_path, ensure_contained, save_torch_atomic, write_json_atomic
 
 SCORES_FORMAT = "cnnlab-attribution-scores-v1"
 
@@ -212,12 +212,20 @@ def clean_run(run_dir: str | Path, what: str = "checkpoints") -> list[str]:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     removed = []
     if what == "all":
-        shutil.rmtree(run_dir)
+        if run_dir.is_symlink():  # remove the link, never what it points to
+            run_dir.unlink()
+            return [f"{run_dir} (a link; its target was left alone)"]
+        shutil.rmtree(run_dir)  # rmtree unlinks links inside, it does not follow them
         return [str(run_dir)]
     if what != "checkpoints":
         raise ValueError(f"--what must be checkpoints or all, got {what!r}")
     for p in (run_dir / "checkpoints", run_dir / "baselines" / "trak_work"):
-        if p.exists():
+        rel = str(p.relative_to(run_dir))
+        if p.is_symlink():
+            p.unlink()
+            removed.append(f"{rel} (a link; its target was left alone)")
+        elif p.exists():
+            ensure_contained(run_dir, p.relative_to(run_dir).parent)
             shutil.rmtree(p)
-            removed.append(str(p.relative_to(run_dir)))
+            removed.append(rel)
     return removed

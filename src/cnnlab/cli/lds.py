@@ -23,13 +23,25 @@ def lds_cmd(
     engine: Optional[str] = typer.Option(None, "--engine", help="population (default when available) | step"),
     backend: str = typer.Option("auto", "--backend", help="Population backend: auto | vmap | loop | procs."),
     force: bool = typer.Option(False, "--force", help="Retrain the subset models of this regime."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Train the subset models as tasks of local | sge | "
+                                           "slurm | ray (step engine, one task per model, resumable); sge/slurm submit a "
+                                           "job array: run the same command again once it finished to merge."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="sge/slurm: array tasks running at once."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="sge/slurm: write the job script, do not submit it."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per task / worker."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default: a local Ray)."),
+    index: Optional[int] = typer.Option(None, "--index", help="Train only subset model INDEX (1-based; what each array "
+                                        "task runs) and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     """Train (or reuse) K subset models with zero-weighted dropped examples; Spearman of predicted vs actual phi."""
     from cnnlab.attribution.baselines import BASELINES, trak_available
     from cnnlab.attribution.lds import ENGINES, Regime, population_available
-    from cnnlab.attribution.pipeline import lds_analysis
+    from cnnlab.attribution.lds import reset_study
+    from cnnlab.attribution.pipeline import lds_analysis, lds_study
     from cnnlab.engine.config import ConfigError
+    from cnnlab.experiments.attribution_jobs import ENGINES as ENGINE_NAMES, run_lds_models
+    from cnnlab.utils.progress import ProgressLog
 
     if not (run_dir / "magic.json").is_file():
         fail(f"{run_dir} holds no MAGIC scores (no magic.json); run `cnnlab magic CONFIG --out {run_dir}` first")
@@ -52,21 +64,25 @@ def lds_cmd(
         regime = Regime(drop, models, seed)
     except ValueError as e:
         fail(f"--drop/--num-models: {e}")
-    bar = None
-    if not json_out:
-        from rich.progress import Progress
-
-        bar = Progress(console=console, transient=True)
+    if executor is not None and executor not in ENGINE_NAMES:
+        fail(f"--executor must be one of {', '.join(ENGINE_NAMES)}, got {executor!r}")
+    if index is not None:
+        _task(run_dir, regime, index, threads, json_out)
+        return
     try:
-        if bar is not None:
-            with bar:
-                task = bar.add_task("subset models", total=models)
-                summary = lds_analysis(run_dir, regime, workers=workers, scores_files=scores or [], baselines=names,
-                                       force=force, engine=engine, backend=backend,
-                                       progress=lambda d, n: bar.update(task, completed=d))
-        else:
+        with ProgressLog("subset models", models, mode="off" if json_out else "auto") as bar:
+            if executor is not None:
+                if force:
+                    reset_study(run_dir, regime)
+                study = lds_study(run_dir, regime)
+                sub = run_lds_models(study, executor, workers=workers, threads=threads, max_concurrent=max_concurrent,
+                                     dry_run=dry_run, address=address, progress=bar.callback())
+                if sub is not None:
+                    _submitted(run_dir, sub, json_out)
+                    return
+                force, engine = False, "step"
             summary = lds_analysis(run_dir, regime, workers=workers, scores_files=scores or [], baselines=names,
-                                   force=force, engine=engine, backend=backend)
+                                   force=force, engine=engine, backend=backend, progress=bar.callback())
     except (ConfigError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         fail(str(e))
     if json_out:
@@ -77,3 +93,45 @@ def lds_cmd(
     print_table(f"LDS, drop {drop:g}, {models} subset models, measurement {summary['measurement']}",
                 ["method", "LDS (mean Spearman)", "95% CI", "mean Pearson", "targets", "models"], rows)
     console.print(f"scatter plot: {run_dir / 'lds' / regime.tag / 'scatter_magic.png'}")
+
+
+def _task(run_dir: Path, regime, index: int, threads: Optional[int], json_out: bool) -> None:
+    """One array task: train subset model ``index`` (1-based) of the study unless it is recorded."""
+    import time
+
+    from cnnlab.attribution.pipeline import lds_study
+    from cnnlab.engine.config import ConfigError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not 1 <= index <= regime.models:
+        fail(f"--index {index} is out of range: this regime has subset models 1..{regime.models}")
+    t0 = time.perf_counter()
+    try:
+        trained = lds_study(run_dir, regime).train_one(index - 1)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    record = {"index": index, "model": index - 1, "action": "trained" if trained else "skipped",
+              "seconds": time.perf_counter() - t0}
+    if json_out:
+        print_json(record)
+    else:
+        console.print(f"subset model {index}/{regime.models}: {record['action']} ({record['seconds']:.1f} s)",
+                      highlight=False, markup=False)
+
+
+def _submitted(run_dir: Path, sub, json_out: bool) -> None:
+    from cnnlab.experiments.attribution_jobs import submission_summary
+
+    if json_out:
+        print_json(submission_summary(sub))
+        return
+    console.print(f"job script for {len(sub.indices)} subset-model task(s): {sub.script}", highlight=False, markup=False)
+    if sub.submitted:
+        console.print(f"submitted with {' '.join(sub.command)}: job {sub.job_id}", highlight=False, markup=False)
+    else:
+        console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, markup=False)
+    console.print(f"once the tasks finished, run `cnnlab lds {run_dir}` with the same --drop/--models/--seed to merge "
+                  "the subset models and compute the LDS", highlight=False, markup=False)

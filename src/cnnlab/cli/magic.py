@@ -74,12 +74,10 @@ def magic_cmd(
                   compile_chunk=compile_chunk, force=force, plot_columns=range(plot_targets),
                   dataset=dataset, states=record.states if record is not None and not reused_run else None)
         if progress and not json_out:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from cnnlab.utils.progress import ProgressLog
 
-            with Progress(TextColumn("MAGIC replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err_console, transient=True) as bar:
-                task = bar.add_task("replay", total=None)
-                magic, reused = magic_analysis(run_dir, **kw, progress=lambda d, n: bar.update(task, completed=d, total=n))
+            with ProgressLog("MAGIC replay steps") as bar:  # a bar on a terminal, plain lines in a log
+                magic, reused = magic_analysis(run_dir, **kw, progress=bar.callback())
         else:
             magic, reused = magic_analysis(run_dir, **kw)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from cnnlab.cli.common import fail
 from cnnlab.cli.sweep import RootOpt, SetOpt, load_sweep
@@ -149,7 +150,12 @@ def _finished_sweep_runs(paths: list[Path], root: Optional[Path], overrides: Opt
     if not done:
         raise FileNotFoundError(f"sweep {sweep.name!r} has no finished run under {sweep.root} "
                                 f"(run it with `cnnlab sweep run {paths[0]}`; see `cnnlab sweep status`)")
-    skipped = len(sweep) - len(done)
+    stale = sweep.runs("stale")
+    if stale and not quiet:
+        console.print(f"[yellow]{len(stale)} run(s) of {sweep.name!r} are stale (trained under another config, e.g. "
+                      f"run {stale[0].index}: {escape(stale[0].state().detail)}) and are skipped; "
+                      "`cnnlab sweep run ... --rerun-stale` retrains them[/]")
+    skipped = len(sweep) - len(done) - len(stale)
     if skipped and not quiet:
         console.print(f"[yellow]{skipped} of {len(sweep)} runs of {sweep.name!r} are not done and are skipped "
                       f"(`cnnlab sweep status {paths[0]}`)[/]")

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from cnnlab.cli.common import fail
-from cnnlab.utils.console import console, print_json
+from cnnlab.utils.console import console, err_console, print_json
 
 PRESETS = ("resolution", "ablation")
 
@@ -36,6 +36,8 @@ def plot_cmd(
         fail(f"--preset {preset!r} is unknown; choose from {', '.join(PRESETS)}")
     sweep = load_sweep(sweep_file, set_, root)
     table = collect(sweep)
+    if table.stale_note() and not json_out:
+        err_console.print(table.stale_note(), highlight=False, markup=False, soft_wrap=True)
     if not table.done():
         fail(f"no finished runs in {sweep.root}: run the sweep first (cnnlab sweep run {sweep_file})")
     stem = f"{preset}_{y}" if preset else f"{y}_vs_{x}" + (f"_by_{hue}" if hue else "")

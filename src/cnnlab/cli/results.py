@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from cnnlab.cli.common import fail
-from cnnlab.utils.console import LONG_TABLE, console, print_json, print_table
+from cnnlab.utils.console import LONG_TABLE, console, err_console, print_json, print_table
 
 DEFAULT_METRICS = ("test_acc", "test_loss", "gen_gap", "train_s")
 
@@ -40,8 +40,10 @@ def results_cmd(
         table.write_csv(grouped_csv, grouped=True)
     if json_out:
         print_json({"sweep": sweep.name, "factors": table.factors, "metrics": table.metrics,
-                    "runs": table.rows, "groups": table.grouped()})
+                    "runs": table.rows, "groups": table.grouped(), "stale": [r["index"] for r in table.stale()]})
         return
+    if table.stale_note():
+        err_console.print(table.stale_note(), highlight=False, markup=False, soft_wrap=True)
     done = len(table.done())
     if per_run:
         cols = ["index", "name", "status", *metrics]

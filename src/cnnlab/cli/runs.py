@@ -88,6 +88,6 @@ def clean_cmd(
         raise typer.Exit(1)
     try:
         removed = clean_run(run, what)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     console.print("removed: " + (", ".join(removed) if removed else "nothing (already clean)"))

@@ -62,7 +62,10 @@ def status_cmd(
     all_runs: bool = typer.Option(False, "--all", help="List every run, not only those that are not done."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Counts of done / running / failed / diverged / pending runs, and the runs that are not done."""
+    """Counts of done / running / failed / diverged / stale / pending runs, and the runs that are not done.
+
+    A run is ``stale`` when its directory holds a run of another resolved config (e.g. another
+    ``--set train.epochs=``): it is never counted as done; ``sweep run --rerun-stale`` retrains it."""
     sweep = load_sweep(sweep_file, set_, root)
     st = sweep.status()
     if json_out:
@@ -77,12 +80,39 @@ def status_cmd(
                     [(r["index"], r["name"], r["status"], r["detail"]) for r in shown])
 
 
-def _report(out) -> None:
+def _report(out, prefix: str = "") -> None:
     m = out.metrics
     metric = f" test_acc {m['test_acc']:.4f}" if "test_acc" in m else ""
-    err = f"  {out.error}" if out.error and out.status == "failed" else ""
-    console.print(f"[{out.index}] {out.status:<8} {out.action:<8} {out.name}{metric} ({out.seconds:.1f} s){err}",
+    err = f"  {out.error}" if out.error and out.status in ("failed", "stale") else ""
+    console.print(f"{prefix}[{out.index}] {out.status:<8} {out.action:<8} {out.name}{metric} ({out.seconds:.1f} s){err}",
                   highlight=False, markup=False, soft_wrap=True)
+
+
+class _Counter:
+    """Prints each finished run as ``k/N`` with an ETA from the rate of the runs finished so far."""
+
+    def __init__(self, total: int):
+        import time
+
+        self.total, self.done, self._t0, self._time = total, 0, time.perf_counter(), time.perf_counter
+
+    def __call__(self, out) -> None:
+        from cnnlab.utils.progress import eta_seconds, format_duration
+
+        if out.action in ("trained", "resumed", "refused") or out.action == "skipped" and out.status == "stale":
+            self.done += 1
+        elapsed = self._time() - self._t0
+        eta = eta_seconds(self.done, self.total, elapsed)
+        when = f", ETA {format_duration(eta)}" if eta is not None and self.done < self.total else ""
+        _report(out, f"{min(self.done, self.total)}/{self.total} ({format_duration(elapsed)}{when}) ")
+
+
+def _stale_note(sweep, rerun_stale: bool) -> None:
+    stale = [r for r in sweep.runs("stale")]
+    if stale and not rerun_stale:
+        console.print(f"{len(stale)} run(s) were trained under another config and are stale (e.g. run "
+                      f"{stale[0].index}: {stale[0].state().detail}); they are not reused: --rerun-stale retrains them",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def _finish(sweep, outcomes, json_out: bool, extra: Optional[dict] = None) -> None:
@@ -103,6 +133,7 @@ def run_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: the sweep's executors.local.workers, else 1)."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per worker process (default: cores / workers)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also run the runs that failed before."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
     indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
     mlflow: Optional[str] = MlflowOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -115,14 +146,16 @@ def run_cmd(
 
     sweep = load_sweep(sweep_file, set_, root)
     exit_on_sigterm()
-    runs = todo_runs(sweep, retry_failed=retry_failed, runs=_select(sweep, indices))
+    runs = todo_runs(sweep, retry_failed=retry_failed, rerun_stale=rerun_stale, runs=_select(sweep, indices))
     opts = sweep.spec.executors.local
     if not json_out:
         console.print(f"{sweep.name}: {len(runs)} of {len(sweep)} runs to do", highlight=False, soft_wrap=True)
+        _stale_note(sweep, rerun_stale)
     try:
         outcomes = run_local(sweep, runs, workers=workers or opts.workers,
                              threads_per_worker=threads_per_worker or opts.threads_per_worker,
-                             retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), on_outcome=None if json_out else _report)
+                             retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root),
+                             on_outcome=None if json_out else _Counter(len(runs)))
     except ImportError as e:
         fail(str(e))
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through exit_on_sigterm
@@ -137,6 +170,7 @@ def run_one_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     index: int = typer.Option(..., "--index", help="1-based run index (a scheduler's array task id)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run it even if it failed before."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for this run's process."),
     mlflow: Optional[str] = MlflowOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -155,7 +189,7 @@ def run_one_cmd(
 
         torch.set_num_threads(threads)
     try:
-        out = run_one(sweep, index, retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root))
+        out = run_one(sweep, index, retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root))
     except ImportError as e:
         fail(str(e))
     if json_out:
@@ -173,6 +207,7 @@ def submit_cmd(
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Array tasks running at once (-tc K / %K)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job script, do not submit it."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also submit the runs that failed before."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
     all_runs: bool = typer.Option(False, "--all", help="One task per run of the sweep (finished runs exit at once) "
                                   "instead of only the unfinished runs."),
     indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
@@ -193,8 +228,10 @@ def submit_cmd(
         fail(f"--executor: {e}")
     sweep = load_sweep(sweep_file, set_, root)
     selected = _select(sweep, indices)
-    runs = selected if all_runs else todo_runs(sweep, retry_failed=retry_failed, runs=selected)
-    req = SubmitRequest(runs, retry_failed=retry_failed, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), max_concurrent=max_concurrent,
+    runs = selected if all_runs else todo_runs(sweep, retry_failed=retry_failed, rerun_stale=rerun_stale, runs=selected)
+    if not json_out:
+        _stale_note(sweep, rerun_stale)
+    req = SubmitRequest(runs, retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), max_concurrent=max_concurrent,
                         dry_run=dry_run, workers=workers, threads=threads, address=address,
                         on_outcome=None if json_out else _report)
     if not runs:

@@ -25,6 +25,7 @@ def train_cmd(
     """Train a model. With no arguments: the default small CNN on the embedded digits data."""
     from cnnlab.engine.config import ConfigError, load_config
     from cnnlab.engine.trainer import Trainer, TrainingDiverged
+    from cnnlab.utils.io import PathEscapeError
 
     if config is not None and "=" in config and not Path(config).exists():
         overrides = [config, *(overrides or [])]
@@ -48,7 +49,7 @@ def train_cmd(
         result = trainer.fit(resume=resume)
     except ConfigError as e:
         fail(str(e))
-    except FileExistsError as e:
+    except (FileExistsError, PathEscapeError) as e:
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"{e}; status 'diverged' written to {run_dir / 'result.json'}", code=3)

@@ -23,10 +23,11 @@ from cnnlab import __version__
 from cnnlab.engine import distributed as dist_utils
 from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from cnnlab.engine.config import ConfigError, RunConfig, config_diff
+from cnnlab.engine.rundir import check_same_run
 from cnnlab.engine.metrics import EvalAccumulator
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_device, seeds
 from cnnlab.engine.step import TrainState, eval_logits, train_step
-from cnnlab.utils.io import append_jsonl, save_torch_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
+from cnnlab.utils.io import append_jsonl, ensure_contained, save_torch_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-v1"
 
@@ -228,6 +229,8 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         assert self.run_dir is not None
         result = self.run_dir / "result.json"
+        check_same_run(self.run_dir, self.config.to_dict(), action="resume" if resume else "train into", kind_only=not resume)
+        ensure_contained(self.run_dir, "checkpoints", "metrics.jsonl", "result.json", "config.yaml")
         if not resume and (result.exists() or (self.run_dir / "checkpoints" / "last.pt").exists()):
             raise FileExistsError(f"run directory {self.run_dir} already holds a run; use --resume to continue it or pick another --out")
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

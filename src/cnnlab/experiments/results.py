@@ -37,6 +37,19 @@ class ResultTable:
     def done(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["status"] == "done"]
 
+    def stale(self) -> list[dict[str, Any]]:
+        """Runs whose directory holds a result of another config: their metrics are never reported."""
+        return [r for r in self.rows if r["status"] == "stale"]
+
+    def stale_note(self) -> str | None:
+        """One line naming the stale runs and how they differ, or None when there are none."""
+        stale = self.stale()
+        if not stale:
+            return None
+        ids = ", ".join(str(r["index"]) for r in stale[:8]) + (" ..." if len(stale) > 8 else "")
+        return (f"skipped {len(stale)} stale run(s) of {self.sweep!r} (runs {ids}): their stored results come from "
+                f"another config ({stale[0].get('detail', '')}); `cnnlab sweep run ... --rerun-stale` retrains them")
+
     def grouped(self, by: Optional[Sequence[str]] = None, metrics: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
         """Mean and sample std (ddof=1) of each metric over the runs that differ only in seed (or share ``by``)."""
         by = list(self.factors if by is None else by)
@@ -96,6 +109,8 @@ def collect(sweep: Sweep) -> ResultTable:
     rows = []
     for run, st in sweep.states():
         row: dict[str, Any] = {"index": run.index, "name": run.name, "seed": run.seed, "status": st.status}
+        if st.status == "stale":
+            row["detail"] = st.detail.replace("trained under another config: ", "")
         row.update(run.labels)
         for k in _CONTEXT:
             row.setdefault(k, run.fields.get(k))

@@ -12,15 +12,19 @@ from typing import Any, Optional
 
 from cnnlab.experiments import store
 from cnnlab.experiments.sweep import Sweep, SweepRun
+from cnnlab.utils.io import PathEscapeError, ensure_contained, safe_unlink
 
 SUMMARY_METRICS = ("test_acc", "test_loss", "train_loss", "gen_gap")
+# what the engine and the store write in a run directory: none of them may lead outside it
+_RUN_FILES = ("checkpoints", "metrics.jsonl", "result.json", "config.yaml", store.RUN_RECORD, store.FAILURE_NAME,
+              store.PREVIOUS_FAILURE_NAME, store.TRACEBACK_NAME)
 
 _DATASET_CACHE: dict[str, Any] = {}
 
 
 @dataclass
 class Outcome:
-    """What one ``run_one`` call did. ``action``: trained | resumed | skipped | busy."""
+    """What one ``run_one`` call did. ``action``: trained | resumed | skipped | busy | refused (a path escape)."""
 
     index: int
     name: str
@@ -58,18 +62,34 @@ def cached_dataset(config) -> Any:
     return _DATASET_CACHE[key]
 
 
-def run_one(sweep: Sweep, index: int, *, retry_failed: bool = False, mlflow_uri: Optional[str] = None,
-            progress: bool = False, callbacks: tuple = ()) -> Outcome:
-    """Train run ``index`` (1-based) of ``sweep`` if it is not done and no other worker holds it."""
+def run_one(sweep: Sweep, index: int, *, retry_failed: bool = False, rerun_stale: bool = False,
+            mlflow_uri: Optional[str] = None, progress: bool = False, callbacks: tuple = ()) -> Outcome:
+    """Train run ``index`` (1-based) of ``sweep`` if it is not done and no other worker holds it.
+
+    A run directory trained under another config (``stale``) is left alone unless ``rerun_stale``: then its
+    old result, log and checkpoints are deleted and the run is trained afresh."""
     run = sweep.run(index)
-    lock = store.RunLock.acquire(run.run_dir)
+    try:
+        ensure_contained(sweep.root, run.run_dir.relative_to(sweep.root))
+        lock = store.RunLock.acquire(run.run_dir)
+    except PathEscapeError as e:
+        return Outcome(index, run.name, "failed", "refused", error=str(e))
     if lock is None:
-        st = store.run_state(run.run_dir)
+        st = run.state()
         return Outcome(index, run.name, st.status, "busy", error=None if st.status != "failed" else st.detail)
     try:
-        st = store.run_state(run.run_dir, ignore_lock=True)
+        st = run.state(ignore_lock=True)
+        if st.status == "stale" and not rerun_stale:
+            return Outcome(index, run.name, "stale", "skipped", error=st.detail)
         if st.status in ("done", "diverged") or (st.status == "failed" and not retry_failed):
             return Outcome(index, run.name, st.status, "skipped", metrics=_summary(st.result))
+        try:
+            ensure_contained(run.run_dir, *_RUN_FILES)
+            if st.status == "stale":
+                store.clear_stale(run.run_dir)
+                st = run.state(ignore_lock=True)
+        except PathEscapeError as e:
+            return Outcome(index, run.name, "failed", "refused", error=str(e))
         return _train(sweep, run, st, mlflow_uri=mlflow_uri, progress=progress, callbacks=callbacks)
     finally:
         lock.release()
@@ -83,6 +103,7 @@ def _train(sweep: Sweep, run: SweepRun, st: store.RunState, *, mlflow_uri: Optio
     resume = (run.run_dir / store.LAST_CHECKPOINT).exists()
     if not resume:
         _clear_partial(run.run_dir)
+    store.write_run_record(run.run_dir, run.expected, sweep=sweep.name, index=run.index, name=run.name)
     tracker = None
     cbs = list(callbacks)
     if mlflow_uri:
@@ -115,11 +136,11 @@ def _train(sweep: Sweep, run: SweepRun, st: store.RunState, *, mlflow_uri: Optio
 
 def _clear_partial(run_dir: Path) -> None:
     """A fresh (re)start: drop a metrics log and top-k checkpoints left by an attempt that saved no last.pt."""
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    safe_unlink(run_dir, "metrics.jsonl")
     ckpts = run_dir / "checkpoints"
     if ckpts.is_dir():
         for p in ckpts.glob("*.pt"):
-            p.unlink(missing_ok=True)
+            safe_unlink(run_dir, p.relative_to(run_dir))
 
 
 def _tags(sweep: Sweep, run: SweepRun) -> dict[str, str]:

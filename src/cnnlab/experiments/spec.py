@@ -201,6 +201,8 @@ def _parse_factor(key: str, value: Any, where: str) -> Factor:
         values = list(values.values())
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: expected a non-empty list of values or a mapping label -> value, got {values!r}")
+    if labels is not None and any(not lbl.strip() for lbl in labels):
+        raise ConfigError(f"{where}: labels must be non-empty names (they become parts of run names), got {list(labels)}")
     if labels is not None and len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: labels must be unique, got {list(labels)}")
     alias = dotted.rsplit(".", 1)[-1] if "." in dotted and name == dotted else None

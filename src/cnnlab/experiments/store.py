@@ -5,6 +5,10 @@ A run is done only when the engine has written result.json (atomically). A worke
 start time and boot id, and touches it while it trains (heartbeat). A lock is stale when its process is gone
 (same host: pid dead or reused; other host: no heartbeat for ``stale_after_s``); stale locks are reclaimed
 under a second exclusive guard file so two reclaimers can never both win.
+
+A run is identified by its resolved config: ``run.json`` records it with its digest when a worker starts
+the run (``config.yaml`` is the fallback for runs trained without the store). A run whose stored config
+differs from the one asked for is ``stale``: never reported as done, never resumed, retrained only on request.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cnnlab.engine.rundir import canonical, config_digest, describe_diff, saved_config
 from cnnlab.utils.io import write_json_atomic, write_text_atomic
 
 LOCK_NAME = ".lock"
@@ -28,9 +33,11 @@ RESULT_NAME = "result.json"
 FAILURE_NAME = "failure.json"
 PREVIOUS_FAILURE_NAME = "failure.prev.json"
 TRACEBACK_NAME = "traceback.txt"
+RUN_RECORD = "run.json"
+RUN_FORMAT = "cnnlab-run-v1"
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 
-STATUSES = ("done", "running", "failed", "diverged", "pending")
+STATUSES = ("done", "running", "failed", "diverged", "stale", "pending")
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0
 _EMPTY_LOCK_GRACE_S = 30.0  # a lock is created empty, then filled: give a writer this long
@@ -47,6 +54,7 @@ class RunState:
     lock: Optional[dict[str, Any]] = None
     failure: Optional[dict[str, Any]] = None
     result: Optional[dict[str, Any]] = field(default=None, repr=False)
+    stored_digest: Optional[str] = None  # digest of the config the run directory holds (stale runs)
 
 
 # ------------------------------------------------------------------------- identity of this process
@@ -70,13 +78,19 @@ def _pid_start(pid: int) -> Optional[int]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (killed, not yet reaped by its parent, e.g. a SIGKILLed worker of a
+    ``sweep run`` still in progress) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 HOST = socket.gethostname()
@@ -109,12 +123,62 @@ def lock_is_stale(record: Optional[dict[str, Any]], mtime: float, now: Optional[
     return now - mtime > float(record.get("stale_after_s", STALE_AFTER_S))
 
 
-def run_state(run_dir: Path, *, ignore_lock: bool = False, now: Optional[float] = None) -> RunState:
-    """The status of the run in ``run_dir`` from its files alone (cheap: one directory listing, small reads)."""
+def write_run_record(run_dir: Path, config: dict[str, Any], **extra: Any) -> None:
+    """Record the resolved config of the run about to be trained in ``run_dir`` (run.json)."""
+    write_json_atomic(run_dir / RUN_RECORD, {"format": RUN_FORMAT, "digest": config_digest(config),
+                                             "config": canonical(config), **extra})
+
+
+def stored_run_config(run_dir: Path, names: Optional[set[str]] = None) -> Optional[dict[str, Any]]:
+    """The config a run directory was trained with (run.json, else config.yaml), None if it holds none."""
+    names = set(os.listdir(run_dir)) if names is None else names
+    if RUN_RECORD in names:
+        rec = read_json(run_dir / RUN_RECORD)
+        if rec is not None and isinstance(rec.get("config"), dict):
+            return rec["config"]
+    if "config.yaml" in names:
+        try:
+            return saved_config(run_dir)
+        except Exception:  # noqa: BLE001  (unreadable: treat as another config)
+            return {"unreadable": "config.yaml"}
+    return None
+
+
+def _live_lock(run_dir: Path, names: set[str], now: Optional[float]) -> tuple[Optional[RunState], str]:
+    """(a "running" state if a live process holds the run, else None; a note on an interrupted claim)."""
+    if LOCK_NAME not in names:
+        return None, ""
+    lock_path = run_dir / LOCK_NAME
+    try:
+        mtime = lock_path.stat().st_mtime
+    except FileNotFoundError:
+        return None, ""
+    record = read_json(lock_path)
+    if not lock_is_stale(record, mtime, now):
+        who = f"{record.get('host')}:{record.get('pid')}" if record else "a starting worker"
+        return RunState("running", f"claimed by {who}", lock=record), ""
+    return None, f"interrupted ({(record or {}).get('host', '?')}:{(record or {}).get('pid', '?')} is gone)"
+
+
+def run_state(run_dir: Path, *, ignore_lock: bool = False, now: Optional[float] = None,
+              expected: Optional[dict[str, Any]] = None) -> RunState:
+    """The status of the run in ``run_dir`` from its files alone (cheap: one directory listing, small reads).
+
+    ``expected``: the resolved config asked for (canonical dict); a run directory holding another one is
+    ``stale`` (unless a live worker holds it: ``running``).
+    """
     try:
         names = set(os.listdir(run_dir))
     except FileNotFoundError:
         return RunState("pending", "not started")
+    if expected is not None:
+        stored = stored_run_config(run_dir, names)
+        if stored is not None and stored != expected:
+            live = None if ignore_lock else _live_lock(run_dir, names, now)[0]
+            if live is not None:
+                return live
+            return RunState("stale", f"trained under another config: {describe_diff(stored, expected, 3)}",
+                            stored_digest=config_digest(stored))
     if RESULT_NAME in names:
         result = read_json(run_dir / RESULT_NAME)
         status = (result or {}).get("status")
@@ -124,18 +188,11 @@ def run_state(run_dir: Path, *, ignore_lock: bool = False, now: Optional[float] 
             return RunState("diverged", f"diverged after {result.get('epochs_completed', '?')} epochs", result=result)
     resumable = (run_dir / LAST_CHECKPOINT).exists() if "checkpoints" in names else False
     stale_note = ""
-    if LOCK_NAME in names and not ignore_lock:
-        lock_path = run_dir / LOCK_NAME
-        try:
-            mtime = lock_path.stat().st_mtime
-        except FileNotFoundError:
-            mtime = None
-        if mtime is not None:
-            record = read_json(lock_path)
-            if not lock_is_stale(record, mtime, now):
-                who = f"{record.get('host')}:{record.get('pid')}" if record else "a starting worker"
-                return RunState("running", f"claimed by {who}", resumable, lock=record)
-            stale_note = f"interrupted ({(record or {}).get('host', '?')}:{(record or {}).get('pid', '?')} is gone)"
+    if not ignore_lock:
+        live, stale_note = _live_lock(run_dir, names, now)
+        if live is not None:
+            live.resumable = resumable
+            return live
     if FAILURE_NAME in names:
         failure = read_json(run_dir / FAILURE_NAME) or {"error": "unreadable failure record"}
         return RunState("failed", str(failure.get("error", ""))[:200], resumable, failure=failure)
@@ -266,6 +323,24 @@ def record_failure(run_dir: Path, exc: BaseException, *, index: Optional[int] = 
     write_text_atomic(run_dir / TRACEBACK_NAME, "".join(tb_mod.format_exception(type(exc), exc, exc.__traceback__)))
     write_json_atomic(run_dir / FAILURE_NAME, record)
     return record
+
+
+def clear_stale(run_dir: Path) -> list[str]:
+    """Before retraining a stale run (``--rerun-stale``): delete what the old config produced in ``run_dir``
+    (result, failure records, metrics log, checkpoints/*.pt, configs); never follows a link out of it."""
+    from cnnlab.utils.io import safe_unlink
+
+    removed = []
+    for name in (RESULT_NAME, FAILURE_NAME, PREVIOUS_FAILURE_NAME, TRACEBACK_NAME, "metrics.jsonl", RUN_RECORD,
+                 "config.yaml"):
+        if safe_unlink(run_dir, name):
+            removed.append(name)
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        for p in sorted(ckpts.glob("*.pt")):
+            if safe_unlink(run_dir, p.relative_to(run_dir)):
+                removed.append(str(p.relative_to(run_dir)))
+    return removed
 
 
 def clear_failure(run_dir: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from cnnlab.engine.config import ConfigError, RunConfig, build_config, deep_merge, load_yaml, parse_overrides, set_dotted
+from cnnlab.engine.rundir import canonical, config_digest
 from cnnlab.experiments import store
 from cnnlab.experiments.spec import Factor, SweepSpec, parse_sweep
 from cnnlab.experiments.templates import render, short_value
@@ -36,8 +37,19 @@ class SweepRun:
     labels: dict[str, Any]
     fields: dict[str, Any] = field(repr=False)
 
-    def state(self) -> store.RunState:
-        return store.run_state(self.run_dir)
+    @property
+    def expected(self) -> dict[str, Any]:
+        """The resolved config as the run store compares it (canonical JSON types)."""
+        if "_expected" not in self.__dict__:
+            self.__dict__["_expected"] = canonical(self.config.to_dict())
+        return self.__dict__["_expected"]
+
+    @property
+    def digest(self) -> str:
+        return config_digest(self.expected)
+
+    def state(self, *, ignore_lock: bool = False) -> store.RunState:
+        return store.run_state(self.run_dir, ignore_lock=ignore_lock, expected=self.expected)
 
     @property
     def status(self) -> str:
@@ -142,7 +154,7 @@ class Sweep:
 
     def states(self) -> list[tuple[SweepRun, store.RunState]]:
         """Every run with its current state (one pass over the run store)."""
-        return [(r, store.run_state(r.run_dir)) for r in self._runs]
+        return [(r, r.state()) for r in self._runs]
 
     def status(self) -> dict[str, Any]:
         """Counts per status plus one record per run."""
@@ -254,11 +266,37 @@ def _expand(spec: SweepSpec, base: dict[str, Any], root: Path, validate: bool) -
             cfg_dict = config.to_dict()
             name = render(name_tpl, fields, cfg_dict, what=f"{where}: run_name")
             layout = render(spec.layout, fields, cfg_dict, what=f"{where}: layout") if spec.layout else ""
+            _check_folder(name, f"{where}: run_name (run {index}: {desc})", single=True)
+            if layout:
+                _check_folder(layout, f"{where}: layout (run {index}: {desc})", single=False)
             config.name = name
             run_dir = root / layout / name if layout else root / name
+            _check_inside(root, run_dir, f"{where}: run {index} ({desc})")
             runs.append(SweepRun(index, name, run_dir, seed, config, overrides, factors, labels, fields))
     _check_unique(runs, where)
     return runs
+
+
+def _check_folder(text: str, where: str, *, single: bool) -> None:
+    """A rendered run name (one folder) or layout (relative folders) must stay inside the run-store root."""
+    parts = [text] if single else text.split("/")
+    if text.startswith("/") or "\0" in text:
+        raise ConfigError(f"{where}: renders to {text!r}, not a relative folder name")
+    if single and "/" in text:
+        raise ConfigError(f"{where}: renders to {text!r}, which contains '/' (from a factor label or value?); "
+                          "a run name is one folder: put folders in layout")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ConfigError(f"{where}: renders to {text!r}, whose part {part!r} is not a folder inside the "
+                              "run-store root (check the factor labels and values it uses)")
+
+
+def _check_inside(root: Path, run_dir: Path, where: str) -> None:
+    base = root.resolve()
+    target = run_dir.resolve()
+    if base not in target.parents:
+        raise ConfigError(f"{where}: its run directory {run_dir} resolves to {target}, outside the run-store root "
+                          f"{root} (a symbolic link in the layout?)")
 
 
 def _check_unique(runs: list[SweepRun], where: str) -> None:

@@ -17,6 +17,7 @@ class SubmitRequest:
 
     runs: list[SweepRun]
     retry_failed: bool = False
+    rerun_stale: bool = False
     mlflow_uri: Optional[str] = None
     max_concurrent: Optional[int] = None
     dry_run: bool = False
@@ -75,9 +76,10 @@ def list_executors() -> list[str]:
     return sorted(EXECUTORS)
 
 
-def todo_runs(sweep: Sweep, *, retry_failed: bool = False, runs: Optional[list[SweepRun]] = None) -> list[SweepRun]:
-    """Runs still to execute: pending (incl. interrupted) ones, plus failed ones when retrying."""
-    wanted = {"pending", "failed"} if retry_failed else {"pending"}
+def todo_runs(sweep: Sweep, *, retry_failed: bool = False, rerun_stale: bool = False,
+              runs: Optional[list[SweepRun]] = None) -> list[SweepRun]:
+    """Runs still to execute: pending (incl. interrupted) ones, plus failed / stale ones when asked."""
+    wanted = {"pending"} | ({"failed"} if retry_failed else set()) | ({"stale"} if rerun_stale else set())
     return [r for r in (sweep.runs() if runs is None else runs) if r.state().status in wanted]
 
 
@@ -89,6 +91,8 @@ def task_command(sweep: Sweep, request: SubmitRequest, python: Optional[str] = N
         cmd += ["--set", item]
     if request.retry_failed:
         cmd.append("--retry-failed")
+    if request.rerun_stale:
+        cmd.append("--rerun-stale")
     if request.mlflow_uri:
         cmd += ["--mlflow", request.mlflow_uri]
     if request.threads:

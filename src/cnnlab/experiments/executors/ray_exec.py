@@ -13,11 +13,12 @@ from cnnlab.experiments.runner import Outcome, run_one
 from cnnlab.experiments.sweep import Sweep
 
 
-def _task(sweep: Sweep, index: int, retry_failed: bool, mlflow_uri: Optional[str], threads: int) -> dict[str, Any]:
+def _task(sweep: Sweep, index: int, retry_failed: bool, mlflow_uri: Optional[str], threads: int,
+          rerun_stale: bool = False) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    return run_one(sweep, index, retry_failed=retry_failed, mlflow_uri=mlflow_uri).to_dict()
+    return run_one(sweep, index, retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=mlflow_uri).to_dict()
 
 
 def run_ray(sweep: Sweep, request: SubmitRequest) -> list[Outcome]:
@@ -40,7 +41,7 @@ def run_ray(sweep: Sweep, request: SubmitRequest) -> list[Outcome]:
         ensure_experiment(request.mlflow_uri, sweep.name)
     threads = request.threads or max(1, int(opts.num_cpus))
     remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=0)(_task)
-    pending = [remote.remote(sweep, r.index, request.retry_failed, request.mlflow_uri, threads) for r in request.runs]
+    pending = [remote.remote(sweep, r.index, request.retry_failed, request.mlflow_uri, threads, request.rerun_stale) for r in request.runs]
     outcomes: list[Outcome] = []
     try:
         while pending:
