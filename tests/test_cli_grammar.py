@@ -18,7 +18,8 @@ MEANINGS = {
     "--retry-failed": "failed", "--threads": "threads", "--workers": "worker", "--indices": "e.g. 1-8",
     "--mlflow": "mlflow", "--images": "indices", "--methods": "method", "--target": "pred", "--seed": "seed",
     "--batch-size": "", "--num-classes": "classes", "--in-channels": "channels", "--checksums": "checksum",
-    "--all": "", "--metrics": "infidelity", "--no-metrics": "infidelity", "--perturb-samples": "perturbations",
+    "--all": "", "--address": "ray", "--dry-run": "job script", "--executor": "slurm", "--index": "1-based",
+    "--max-concurrent": "at once", "--rerun-stale": "stored config", "--metrics": "infidelity", "--no-metrics": "infidelity", "--perturb-samples": "perturbations",
 }
 
 

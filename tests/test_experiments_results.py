@@ -141,6 +141,10 @@ def test_tiny_resolution_sweep_end_to_end(tmp_path):
     root = tmp_path / "res"
     res = cli.invoke(app, ["sweep", "run", str(sweep_path), "--root", str(root)])
     assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    for model in ("tiny_cnn", "simple_cnn"):  # progress lines name each run by its path, not only "seed0"
+        for r in (8, 12, 16):
+            assert f"small_cnn/{model}/{r}/seed0" in flat
     sweep = Sweep.load(sweep_path, root=root)
     assert sweep.status()["counts"]["done"] == 6
     run = sweep.run(6)

@@ -80,21 +80,31 @@ def status_cmd(
                     [(r["index"], r["name"], r["status"], r["detail"]) for r in shown])
 
 
-def _report(out, prefix: str = "") -> None:
+def _run_label(sweep, index: int) -> str:
+    """A run as its path under the sweep's root (layout + name): run names alone repeat across the grid."""
+    run = sweep.run(index)
+    try:
+        return str(run.run_dir.relative_to(sweep.root))
+    except ValueError:
+        return run.name
+
+
+def _report(out, prefix: str = "", label: Optional[str] = None) -> None:
     m = out.metrics
     metric = f" test_acc {m['test_acc']:.4f}" if "test_acc" in m else ""
     err = f"  {out.error}" if out.error and out.status in ("failed", "stale") else ""
-    console.print(f"{prefix}[{out.index}] {out.status:<8} {out.action:<8} {out.name}{metric} ({out.seconds:.1f} s){err}",
+    console.print(f"{prefix}[{out.index}] {out.status:<8} {out.action:<8} {label or out.name}{metric} ({out.seconds:.1f} s){err}",
                   highlight=False, markup=False, soft_wrap=True)
 
 
 class _Counter:
     """Prints each finished run as ``k/N`` with an ETA from the rate of the runs finished so far."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, sweep=None):
         import time
 
         self.total, self.done, self._t0, self._time = total, 0, time.perf_counter(), time.perf_counter
+        self.sweep = sweep
 
     def __call__(self, out) -> None:
         from cnnlab.utils.progress import eta_seconds, format_duration
@@ -104,7 +114,8 @@ class _Counter:
         elapsed = self._time() - self._t0
         eta = eta_seconds(self.done, self.total, elapsed)
         when = f", ETA {format_duration(eta)}" if eta is not None and self.done < self.total else ""
-        _report(out, f"{min(self.done, self.total)}/{self.total} ({format_duration(elapsed)}{when}) ")
+        _report(out, f"{min(self.done, self.total)}/{self.total} ({format_duration(elapsed)}{when}) ",
+                _run_label(self.sweep, out.index) if self.sweep is not None else None)
 
 
 def _stale_note(sweep, rerun_stale: bool) -> None:
@@ -155,7 +166,7 @@ def run_cmd(
         outcomes = run_local(sweep, runs, workers=workers or opts.workers,
                              threads_per_worker=threads_per_worker or opts.threads_per_worker,
                              retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root),
-                             on_outcome=None if json_out else _Counter(len(runs)))
+                             on_outcome=None if json_out else _Counter(len(runs), sweep))
     except ImportError as e:
         fail(str(e))
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through exit_on_sigterm
@@ -195,7 +206,7 @@ def run_one_cmd(
     if json_out:
         print_json(out.to_dict())
     else:
-        _report(out)
+        _report(out, label=_run_label(sweep, index))
     if out.status == "failed" and out.action != "skipped":
         raise typer.Exit(1)
 
@@ -233,7 +244,7 @@ def submit_cmd(
         _stale_note(sweep, rerun_stale)
     req = SubmitRequest(runs, retry_failed=retry_failed, rerun_stale=rerun_stale, mlflow_uri=resolve_mlflow_uri(mlflow, sweep.root), max_concurrent=max_concurrent,
                         dry_run=dry_run, workers=workers, threads=threads, address=address,
-                        on_outcome=None if json_out else _report)
+                        on_outcome=None if json_out else (lambda o: _report(o, label=_run_label(sweep, o.index))))
     if not runs:
         if json_out:
             print_json({"executor": executor, "indices": [], "submitted": False})
