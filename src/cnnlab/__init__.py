@@ -9,4 +9,13 @@ from cnnlab.models import (  # noqa: E402  (public API re-export)
     model_info,
 )
 
-__all__ = ["__version__", "create_model", "list_models", "model_info", "create_deterministic_model"]
+__all__ = ["__version__", "create_model", "list_models", "model_info", "create_deterministic_model", "fit", "Trainer"]
+
+
+def __getattr__(name: str):
+    """``cnnlab.fit`` / ``cnnlab.Trainer``: the training engine, imported on first use."""
+    if name in ("fit", "Trainer"):
+        from cnnlab import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")

@@ -231,6 +231,8 @@ def sync_torch_optimizer(optimizer: torch.optim.Optimizer, functional: Functiona
     """Write the functional optimizer's state into the torch optimizer's (so its ``state_dict()`` is current)."""
     if isinstance(functional, TorchOptimizerStep):
         return
+    # the functional step stands in for optimizer.step(): tell torch's schedulers that updates happened
+    optimizer._opt_called = True  # type: ignore[attr-defined]
     for n, s in state.items():
         if not s:
             continue

@@ -18,7 +18,8 @@ from cnnlab.data import ImageDataset, load_dataset
 from cnnlab.data.augment import Augment, converted_stats
 from cnnlab.data.batches import BatchLoader
 from cnnlab.engine.config import ConfigError, RunConfig
-from cnnlab.engine.optim import FunctionalOptimizer, TorchOptimizerStep, build_param_groups, from_torch_optimizer, make_optimizer
+from cnnlab.engine.optim import (FunctionalOptimizer, TorchOptimizerStep, build_param_groups, from_torch_optimizer, make_optimizer,
+                                 require_functional)
 from cnnlab.engine.schedules import Schedule
 from cnnlab.engine.step import StepSettings, TrainState
 from cnnlab.models import create_deterministic_model
@@ -286,6 +287,19 @@ def torch_class_optimizer(config: RunConfig, model: nn.Module, groups) -> Functi
     if isinstance(functional, TorchOptimizerStep):
         functional.drive_lr = True  # the run's schedule sets the rate
     return functional
+
+
+def nonfunctional_optimizer(config: RunConfig) -> str | None:
+    """Why ``optim.torch_class`` cannot run as the functional (differentiable, vmappable) update, or None if it can."""
+    if not config.optim.torch_class:
+        return None
+    probe = nn.Linear(2, 2)
+    optimizer = torch_class_optimizer(config, probe, build_param_groups(dict(probe.named_parameters()), config.optim.weight_decay))
+    try:
+        require_functional(optimizer, "this analysis")
+    except ValueError as e:
+        return f"optim.torch_class: {e}"
+    return None
 
 
 def make_schedule(config: RunConfig, steps_per_epoch: int) -> Schedule:
