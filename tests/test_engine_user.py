@@ -338,3 +338,14 @@ def test_cnnlab_fit_one_liner_trains_the_users_model():
     assert result["status"] == "completed" and result["final"]["val_acc"] > 0.8 and result["selection"] == "val"
     with torch.no_grad():
         assert (model(xte.float() / 255).argmax(1) == yte).double().mean().item() == pytest.approx(result["final"]["val_acc"])
+
+
+def test_readme_training_section_lists_every_config_key_as_generated():
+    from pathlib import Path
+
+    from cnnlab.engine.config_doc import END, START, render_config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert block == render_config_reference(), "README is stale: run python -m cnnlab.engine.config_doc README.md"
+    assert "| `data.val_split` |" in block and "| `callbacks.checkpoint.monitor` | str | `'val_acc'` |" in block
