@@ -349,3 +349,48 @@ def test_readme_training_section_lists_every_config_key_as_generated():
     block = readme.split(START, 1)[1].split(END, 1)[0].strip()
     assert block == render_config_reference(), "README is stale: run python -m cnnlab.engine.config_doc README.md"
     assert "| `data.val_split` |" in block and "| `callbacks.checkpoint.monitor` | str | `'val_acc'` |" in block
+
+
+def _train_wrapped(wrap):
+    xtr, ytr, _, _ = _digits_tensors()
+    model = _mlp()
+    wrapped = wrap(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    Trainer(model=wrapped, optimizer=opt, train_loader=(xtr[:512], ytr[:512]), batch_size=64, epochs=1).fit()
+    return model
+
+
+def test_data_parallel_and_ddp_wrapped_models_train_as_the_bare_module():
+    bare = _train_wrapped(lambda m: m)
+    dp = _train_wrapped(nn.DataParallel)  # on CPU: no replicas; the wrapped module is trained
+    for p, q in zip(bare.parameters(), dp.parameters()):
+        assert torch.equal(p, q)
+    import torch.distributed as dist
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ddp = _train_wrapped(lambda m: nn.parallel.DistributedDataParallel(m))  # gradients all-reduced explicitly
+    finally:
+        dist.destroy_process_group()
+    for p, q in zip(bare.parameters(), ddp.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_amp_fp16_loss_scaling_and_cudnn_benchmark_paths_on_cpu():
+    from cnnlab.engine.setup import apply_runtime, resolve_precision
+
+    result = Trainer(_cfg("train.precision=fp16"), None, progress=False).fit()  # autocast fp16 + dynamic loss scale
+    assert result["precision"]["autocast"] == "fp16" and result["final"]["test_acc"] > 0.3
+    before = torch.backends.cudnn.benchmark
+    try:
+        apply_runtime(_cfg("train.cudnn_benchmark=true"))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+    chosen, why = resolve_precision("auto", torch.device("cpu"))
+    assert (chosen, why.startswith("auto")) in {("bf16", True), ("fp32", True)}
+    with open("/proc/cpuinfo") as f:
+        native = any(flag in f.read().split() for flag in ("avx512_bf16", "amx_bf16"))
+    assert (chosen == "bf16") == native  # never where bf16 would be emulated

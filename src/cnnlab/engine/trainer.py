@@ -8,10 +8,12 @@ checkpoint reproduces the uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -126,10 +128,22 @@ class Trainer:
         if criterion is not None and getattr(criterion, "reduction", "mean") != "mean":
             raise ValueError(f"criterion must return the batch mean (reduction='mean'), got reduction={criterion.reduction!r}")
         dev = torch.device(device) if device is not None else resolve_device("auto")
+        self.dist = dist_utils.DistInfo()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            # the step differentiates functionally, which DDP's autograd hooks never see: unwrap it and all-reduce
+            # the gradients explicitly (each rank's train_loader holds its shard, e.g. a DistributedSampler)
+            model = model.module
+            self.dist = dist_utils.DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                                            int(os.environ.get("LOCAL_RANK", "0")))
+        elif isinstance(model, nn.DataParallel):
+            if len(model.device_ids or []) > 1:
+                warnings.warn("DataParallel over several GPUs is not replicated by the functional step: the Trainer "
+                              "runs the wrapped module on one device; use torchrun + DistributedDataParallel instead",
+                              UserWarning, stacklevel=3)
+            model = model.module
         self.config = RunConfig(name=type(model).__name__, seed=seed, train=TrainConfig(
             epochs=epochs, batch_size=batch_size, grad_clip=clip, precision="auto" if use_amp else "fp32",
             channels_last=channels_last, accumulate_batches=accumulate, device=str(dev)))
-        self.dist = dist_utils.DistInfo()
         model.to(dev)
         if channels_last:
             model.to(memory_format=torch.channels_last)
