@@ -261,7 +261,7 @@ fp32/NCHW; `cnnlab_user` is the bring-your-own route (nn.Module + torch.optim.SG
     if not a.no_write:
         from _report import write_section
 
-        write_section("Trainer vs a plain loop and Lightning (CPU)", body)
+        write_section(f"Trainer vs a plain loop and Lightning (CPU, {a.models})", body)
 
 
 if __name__ == "__main__":
