@@ -230,7 +230,7 @@ def main() -> None:
                     continue
                 rec = json.loads(p.stdout.strip().splitlines()[-1])
                 runs.setdefault((name, tool), []).append(rec["images_per_s"])
-                if "precision" in rec:
+                if tool == "cnnlab":
                     chosen[name] = rec["precision"]
                 print(f"round {r + 1} {name:9s} {tool:12s} {rec['images_per_s']:8.1f} img/s", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -245,7 +245,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(row) + f" | {ratio('cnnlab', 'plain')} | {ratio('cnnlab', 'lightning')} | "
                      f"{ratio('cnnlab_user', 'plain')} |")
     spread = "; ".join(f"{n}/{t}: {min(v):.0f}-{max(v):.0f}" for (n, t), v in sorted(runs.items()))
-    body = f"""`python benchmarks/trainer_vs_peers.py --rounds {a.rounds} --train {a.train} --test {a.test}`: training images/s
+    body = f"""`python benchmarks/trainer_vs_peers.py --models {a.models} --rounds {a.rounds} --train {a.train} --test {a.test}`: training images/s
 (median of {a.rounds} rounds) over the second epoch of training plus its end-of-epoch evaluation of {a.test}
 test images; synthetic CIFAR-shaped data, batch {BATCH}, SGD nesterov, crop + flip, same for every tool; each
 measurement a separate process, tools interleaved (order rotated each round). {platform.processor() or platform.machine()},
