@@ -360,15 +360,20 @@ def _train_wrapped(wrap):
     return model
 
 
-def test_data_parallel_and_ddp_wrapped_models_train_as_the_bare_module():
+def test_data_parallel_and_ddp_wrapped_models_train_as_the_bare_module(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a free port, so parallel test workers never collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
     bare = _train_wrapped(lambda m: m)
     dp = _train_wrapped(nn.DataParallel)  # on CPU: no replicas; the wrapped module is trained
     for p, q in zip(bare.parameters(), dp.parameters()):
         assert torch.equal(p, q)
     import torch.distributed as dist
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         ddp = _train_wrapped(lambda m: nn.parallel.DistributedDataParallel(m))  # gradients all-reduced explicitly
