@@ -39,11 +39,17 @@ def main() -> None:
     ap.add_argument("--mnist-dir", type=Path, default=DEFAULT_DIR)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--compare-precision", action="store_true",
+                    help="train fp32/NCHW and train.precision=auto (+ channels_last) and compare accuracy and speed")
+    ap.add_argument("--model", default=None, help="with --compare-precision: another registry model (e.g. resnet20)")
     args = ap.parse_args()
     if not (args.mnist_dir / "t10k-images-idx3-ubyte.gz").exists():
         sys.exit(f"MNIST test files not found in {args.mnist_dir}; pass --mnist-dir")
     dataset = shared_mnist_split(args.mnist_dir)
     overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
+    if args.compare_precision:
+        return compare_precision(dataset, overrides + ([f"model.name={args.model}", "model.options={}"] if args.model else []),
+                                 write=not args.no_write)
     cfg = load_config(ROOT / "configs" / "mnist_small_cnn.yaml", overrides)
     t = time.perf_counter()
     result = Trainer(cfg, None, dataset=dataset, progress=False).fit()
@@ -57,6 +63,26 @@ def main() -> None:
                       f"(first 8,000 train / last 2,000 test), {result['epochs_completed']} epochs, CPU "
                       f"{torch.get_num_threads()} threads: **test accuracy {acc:.4f}** (goal >= 0.98), "
                       f"{wall:.1f} s wall, {result['timings']['images_per_s']:.0f} train img/s.")
+
+
+def compare_precision(dataset: ImageDataset, overrides: list[str], write: bool) -> None:
+    """The same run in fp32/NCHW and with cnnlab's automatic choice (bf16 + channels_last where native)."""
+    rows = []
+    for label, extra in (("fp32, NCHW", ["train.precision=fp32"]),
+                         ("auto + channels_last", ["train.precision=auto", "train.channels_last=true"])):
+        cfg = load_config(ROOT / "configs" / "mnist_small_cnn.yaml", overrides + extra)
+        t = time.perf_counter()
+        result = Trainer(cfg, None, dataset=dataset, progress=False).fit()
+        wall = time.perf_counter() - t
+        rows.append(f"| {label} | {result['precision']['autocast']} | {result['final']['test_acc']:.4f} | "
+                    f"{result['final']['test_loss']:.4f} | {result['timings']['images_per_s']:.0f} | {wall:.1f} |")
+        print(rows[-1], flush=True)
+        model = cfg.model.name
+    body = (f"`python benchmarks/mnist_accuracy.py --compare-precision {' '.join(overrides)}`: {model} on the real MNIST "
+            f"test set (first 8,000 train / last 2,000 test), CPU {torch.get_num_threads()} threads, shared machine.\n\n"
+            "| run | autocast | test acc | test loss | train img/s | wall s |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
+    if write:
+        write_section(f"bf16 + channels_last accuracy check, {model} (benchmarks/mnist_accuracy.py)", body)
 
 
 if __name__ == "__main__":

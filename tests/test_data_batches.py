@@ -148,7 +148,11 @@ def test_bad_arguments_are_named(data, kwargs, err, match):
 def test_bad_images_labels_epoch_and_index(data):
     images, labels = data
     with pytest.raises(ValueError, match="uint8"):
-        BatchLoader(images.float(), labels, 8, seed=0)
+        BatchLoader(images.float(), labels, 8, seed=0, augment=Augment(0.0, 1.0))
+    with pytest.raises(ValueError, match="uint8"):
+        BatchLoader(images.int(), labels, 8, seed=0)
+    floats = BatchLoader(images.float() / 255, labels, 8, seed=0)  # float images are served as they are
+    assert torch.allclose(floats.batch(0, 0).x, BatchLoader(images, labels, 8, seed=0).batch(0, 0).x)
     with pytest.raises(ValueError, match=r"labels must have shape \(50,\)"):
         BatchLoader(images, labels[:10], 8, seed=0)
     with pytest.raises(ValueError, match="reflect padding"):

@@ -38,11 +38,13 @@ def test_same_config_twice_is_bitwise_identical(tmp_path):
 
 def test_run_directory_contents_and_safe_checkpoints(tmp_path):
     run = tmp_path / "run"
-    result = Trainer(_cfg("train.clean_train_eval=true", "callbacks.checkpoint.top_k=1"), run, progress=False).fit()
+    result = Trainer(_cfg("train.clean_train_eval=true", "callbacks.checkpoint.top_k=1", "data.val_split=0.2"), run, progress=False).fit()
     assert (run / "config.yaml").exists() and (run / "result.json").exists()
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
-    assert {"test_acc", "test_top5", "test_f1", "gen_gap", "images_per_s", "peak_rss_mb"} <= set(lines[-1])
+    assert {"val_acc", "val_top5", "val_f1", "gen_gap", "images_per_s", "peak_rss_mb"} <= set(lines[-1])
+    assert not any(k.startswith("test_") for l in lines for k in l)  # the test split is evaluated once, at the end
+    assert {"last", "best"} <= set(result["test"]) and result["best"]["test"] == result["test"]["best"]
     assert result["status"] == "completed" and result["best"]["checkpoint"].startswith("checkpoints/epoch")
     assert np.array(result["confusion_matrix"]).sum() == 360
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -122,7 +124,7 @@ def test_bad_monitor_names_available_metrics():
 
 def test_ema_tta_bf16_channels_last_and_adamw_paths_train():
     for extra in (["train.ema.decay=0.9"], ["train.tta_flip=true", "optim.name=adamw", "optim.lr=0.01"],
-                  ["train.precision=bf16", "train.channels_last=true"], ["schedule.name=plateau", "schedule.patience=0"]):
+                  ["train.precision=bf16", "train.channels_last=true"], ["schedule.name=plateau", "schedule.patience=0", "data.val_split=0.2"]):
         result = Trainer(_cfg(*extra), None, progress=False).fit()
         assert result["final"]["test_acc"] > 0.3, extra
 
@@ -196,7 +198,7 @@ def test_resume_gives_callback_states_to_callbacks_of_the_same_class(tmp_path):
         def load_state_dict(self, state):
             self.epochs = state["epochs"]
 
-    cfg = _cfg("callbacks.checkpoint.top_k=2")
+    cfg = _cfg("callbacks.checkpoint.top_k=2", "data.val_split=0.2")
     first = Trainer(cfg, tmp_path / "r", progress=False, callbacks=[Counter()])
     first.fit()
     kept = next(cb for cb in first.callbacks if type(cb).__name__ == "ModelCheckpoint").kept

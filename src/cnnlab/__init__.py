@@ -13,6 +13,8 @@ _LAZY = {
     "list_models": "cnnlab.models",
     "model_info": "cnnlab.models",
     "create_deterministic_model": "cnnlab.models",
+    "fit": "cnnlab.engine",
+    "Trainer": "cnnlab.engine",
 }
 
 __all__ = ["__version__", *_LAZY]

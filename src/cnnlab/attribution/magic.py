@@ -22,7 +22,7 @@ from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay, ReplayStats
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig
-from cnnlab.engine.setup import RunParts, apply_runtime, build_run
+from cnnlab.engine.setup import RunParts, apply_runtime, build_run, nonfunctional_optimizer
 from cnnlab.engine.step import TrainState, eval_logits
 
 log = logging.getLogger("cnnlab.attribution")
@@ -52,6 +52,12 @@ def prepare_config(config: RunConfig) -> RunConfig:
                           "MAGIC needs a schedule that is a function of the step (onecycle, cosine, step, ...)")
     if config.callbacks.early_stopping is not None:
         raise ConfigError("callbacks.early_stopping: the replay needs a fixed number of epochs; remove it")
+    if t.accumulate_batches > 1:
+        raise ConfigError("train.accumulate_batches: the replay recomputes one loader batch per step; use "
+                          "train.batch_size (with train.accumulation for memory) instead")
+    problem = nonfunctional_optimizer(config)
+    if problem:
+        raise ConfigError(problem.replace("this analysis", "MAGIC"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("data-parallel runs (WORLD_SIZE > 1) are not replayed; run MAGIC in one process")
     if t.bn_stats != "explicit":

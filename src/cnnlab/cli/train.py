@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
@@ -38,6 +39,14 @@ def train_cmd(
         fail("--resume needs --out RUN_DIR (the run to continue)")
     run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_mlflow(mlflow)
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:  # one claim per run (rank 0 of a torchrun job holds it)
+        from cnnlab.experiments.store import LOCK_NAME, RunLock
+
+        lock = RunLock.acquire(run_dir)
+        if lock is None:
+            fail(f"{run_dir} is being trained by another live process (it holds {run_dir / LOCK_NAME}); "
+                 "wait for it to finish or pick another --out")
     try:
         callbacks = []
         if mlflow is not None:
@@ -57,6 +66,8 @@ def train_cmd(
         from cnnlab.engine.distributed import shutdown
 
         shutdown()
+        if lock is not None:
+            lock.release()
     if not trainer.is_main:
         return
     if json_out:
@@ -65,6 +76,7 @@ def train_cmd(
     f = result["final"]
     rows = [("run directory", str(run_dir)), ("status", result["status"]), ("epochs", result["epochs_completed"]),
             ("test accuracy", f"{f['test_acc']:.4f}"), ("test loss", f"{f['test_loss']:.4f}"),
+            *([("best (on validation): test accuracy", f"{result['test']['best']['test_acc']:.4f}")] if "best" in result.get("test", {}) else []),
             ("train loss", f"{f['train_loss']:.4f}"), ("macro F1", f"{f['test_f1']:.4f}"),
             ("train time (s)", f"{result['timings']['train_s']:.1f}"),
             ("images/s", f"{result['timings']['images_per_s']:,.0f}")]

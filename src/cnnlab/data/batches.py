@@ -52,7 +52,8 @@ def _as_index_tensor(name: str, values: torch.Tensor | Sequence[int]) -> torch.T
 
 
 class BatchLoader:
-    """Epochs of :class:`Batch` from uint8 images N×C×H×W and labels N; see the module doc for the semantics."""
+    """Epochs of :class:`Batch` from uint8 images N×C×H×W (float N×... without augmentation: served as they are)
+    and labels N; see the module doc for the semantics."""
 
     def __init__(
         self,
@@ -72,9 +73,11 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        ok = isinstance(images, torch.Tensor) and (
+            (images.dtype == torch.uint8 and images.ndim == 4) or (augment is None and images.is_floating_point() and images.ndim >= 2))
+        if not ok:
             got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a uint8 tensor N×C×H×W, got {got}")
+            raise ValueError(f"images must be a uint8 tensor N×C×H×W (or, without augmentation, a float tensor N×...), got {got}")
         n = images.shape[0]
         labels = _as_index_tensor("labels", labels)
         if labels.shape != (n,):
@@ -192,8 +195,8 @@ class BatchLoader:
         index = global_index[lo:hi]
         raw = self.images.index_select(0, index)
         if self.augment is None:
-            x = raw.to(self.dtype).mul_(1.0 / 255.0)
-            if self.channels_last:
+            x = raw.to(self.dtype).mul_(1.0 / 255.0) if raw.dtype == torch.uint8 else raw.to(self.dtype)
+            if self.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
         else:
             gen = make_generator(self.seed, f"augment/{epoch}/{i}", self.device)

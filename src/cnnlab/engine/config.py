@@ -42,6 +42,9 @@ class DataConfig(_Strict):
     cutout: int = Field(0, ge=0)
     subset: Optional[Union[int, float]] = Field(None, description="first N train examples (int) or a fraction (float)")
     subset_seed: Optional[int] = Field(None, description="draw the subset at random with this seed instead of taking the first")
+    val_split: Optional[Union[int, float]] = Field(
+        None, description="hold out N train examples (int) or a fraction (float), stratified by class, for validation")
+    val_seed: int = Field(0, ge=0, description="seed of the validation draw (fixed across run seeds by default)")
 
     @field_validator("subset")
     @classmethod
@@ -52,6 +55,17 @@ class DataConfig(_Strict):
             raise ValueError("a float subset is a fraction in (0, 1]")
         if isinstance(v, int) and v < 1:
             raise ValueError("an int subset is a count >= 1")
+        return v
+
+    @field_validator("val_split")
+    @classmethod
+    def _val_split(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError("a float val_split is a fraction in (0, 1)")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("an int val_split is a count >= 1")
         return v
 
 
@@ -65,6 +79,10 @@ class OptimConfig(_Strict):
     eps: float = Field(1e-8, gt=0)
     no_decay_1d: bool = Field(True, description="no weight decay for biases, BN and other 1-D parameters")
     bias_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the no-decay group")
+    torch_class: Optional[str] = Field(
+        None, description="import path of any torch.optim.Optimizer (e.g. torch.optim.RMSprop), built with lr, "
+                          "weight_decay and optim.options; SGD/Adam/AdamW map onto the functional step, others run their own .step()")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of optim.torch_class")
 
     @model_validator(mode="after")
     def _nesterov(self):
@@ -90,7 +108,7 @@ class ScheduleConfig(_Strict):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     # plateau
-    monitor: str = "test_loss"
+    monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     factor: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(5, ge=0)
@@ -105,7 +123,7 @@ class EmaConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    monitor: str = "test_loss"
+    monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     patience: int = Field(5, ge=0)
     min_delta: float = Field(0.0, ge=0)
@@ -113,7 +131,7 @@ class EarlyStoppingConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    monitor: str = "test_acc"
+    monitor: str = "val_acc"
     mode: Literal["min", "max"] = "max"
     top_k: int = Field(1, ge=0)
 
@@ -141,10 +159,13 @@ class TrainConfig(_Strict):
     drop_last: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    accumulate_batches: int = Field(1, ge=1, description="loader batches per optimizer step (effective batch N x batch_size)")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AVX-512 BF16 / AMX), else fp32")
     channels_last: bool = False
     compile: bool = False
+    cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolution algorithms (CUDA; not bitwise reproducible)")
     ema: Optional[EmaConfig] = None
     tta_flip: bool = False
     device: str = "auto"

@@ -138,3 +138,121 @@ def make_optimizer(name: str, groups: list[ParamGroup], *, momentum: float = 0.0
     if name == "adamw":
         return Adam(groups, betas=betas, eps=eps, decoupled=True)
     raise ValueError(f"optimizer must be one of sgd, adam, adamw; got {name!r}")
+
+
+class TorchOptimizerStep(FunctionalOptimizer):
+    """A user's ``torch.optim.Optimizer`` that has no exact functional twin, run through its own ``.step()``.
+
+    The step still computes the gradients functionally; this update writes them to the parameters' ``.grad``
+    and steps the optimizer in place, so its rate and state are the optimizer's own. Not differentiable
+    and not vmappable: MAGIC and populations refuse it (see :func:`require_functional`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, targets: Mapping[str, Tensor]):
+        super().__init__([ParamGroup("torch", tuple(targets), 0.0)])
+        self.torch_optimizer = optimizer
+        self.targets = dict(targets)
+        self.drive_lr = False  # True: set each group's rate from the step's lr (the config route's schedule)
+        self._scales = [g["lr"] / optimizer.param_groups[0]["lr"] if optimizer.param_groups[0]["lr"] else 1.0
+                        for g in optimizer.param_groups]
+
+    def init_state(self, params: Params) -> OptState:
+        return {n: {} for n in params}
+
+    def update(self, params, grads, state, lr, step):
+        with torch.no_grad():
+            for n, g in grads.items():
+                p = self.targets[n]
+                if params[n].data_ptr() != p.data_ptr():
+                    p.copy_(params[n])
+                p.grad = g.to(p.dtype)
+            if self.drive_lr:
+                for group, scale in zip(self.torch_optimizer.param_groups, self._scales):
+                    group["lr"] = float(lr) * scale
+            opt_state = self.torch_optimizer.state
+            for n in grads:  # a resumed run: hand the checkpointed state back to the optimizer once
+                p = self.targets[n]
+                if not opt_state.get(p) and state.get(n):
+                    opt_state[p] = {k: v.clone() for k, v in state[n].items()}
+            self.torch_optimizer.step()
+            for n in grads:
+                self.targets[n].grad = None
+            new_state = {n: {k: v if isinstance(v, Tensor) else torch.tensor(v) for k, v in opt_state.get(self.targets[n], {}).items()}
+                         for n in params}
+        return {n: self.targets[n].detach() for n in params}, new_state
+
+
+def require_functional(optimizer: FunctionalOptimizer, what: str) -> None:
+    """Refuse an optimizer that only runs through its own ``.step()`` where ``what`` needs the functional update."""
+    if isinstance(optimizer, TorchOptimizerStep):
+        name = type(optimizer.torch_optimizer).__name__
+        raise ValueError(f"{what} differentiates or vmaps the optimizer update, which torch.optim.{name}.step() "
+                         f"(in place, opaque to autograd) does not allow; use torch.optim.SGD, Adam or AdamW "
+                         f"(mapped exactly onto cnnlab's functional step) or optim.name: sgd | adam | adamw")
+
+
+_TORCH_MAPPABLE = {"SGD": ("momentum", "nesterov"), "Adam": ("betas", "eps"), "AdamW": ("betas", "eps")}
+
+
+def from_torch_optimizer(optimizer: torch.optim.Optimizer, named_params: Mapping[str, Tensor]) -> tuple[FunctionalOptimizer, list[str]]:
+    """The functional twin of a torch SGD / Adam / AdamW (same arithmetic, one ParamGroup per torch group, the
+    group's rate kept as a scale of group 0's), or a :class:`TorchOptimizerStep` for any other optimizer or
+    setting (dampening, amsgrad, maximize, per-group momentum/betas). Returns it and the optimized names."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    by_id = {id(p): n for n, p in named_params.items()}
+    names: list[list[str]] = []
+    for i, g in enumerate(optimizer.param_groups):
+        missing = [j for j, p in enumerate(g["params"]) if id(p) not in by_id]
+        if missing:
+            raise ValueError(f"optimizer param_groups[{i}] holds {len(missing)} tensor(s) that are not trainable "
+                             f"parameters of the model; build the optimizer from model.parameters()")
+        names.append([by_id[id(p)] for p in g["params"]])
+    flat = [n for group in names for n in group]
+    kind = type(optimizer).__name__
+    groups = optimizer.param_groups
+    shared = _TORCH_MAPPABLE.get(kind) if type(optimizer) in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW) else None
+    exact = shared is not None and all(
+        not g.get("maximize", False) and not g.get("amsgrad", False) and g.get("dampening", 0) == 0
+        and not isinstance(g["lr"], Tensor) and all(g[k] == groups[0][k] for k in shared) for g in groups) and groups[0]["lr"] > 0
+    if not exact:
+        return TorchOptimizerStep(optimizer, {n: named_params[n] for n in flat}), flat
+    base = groups[0]["lr"]
+    pgroups = [ParamGroup(f"group{i}", tuple(ns), float(g["weight_decay"]), g["lr"] / base) for i, (g, ns) in enumerate(zip(groups, names))]
+    g0 = groups[0]
+    if kind == "SGD":
+        return SGD(pgroups, momentum=g0["momentum"], nesterov=g0["nesterov"]), flat
+    decoupled = kind == "AdamW" or bool(g0.get("decoupled_weight_decay", False))
+    return Adam(pgroups, betas=tuple(g0["betas"]), eps=g0["eps"], decoupled=decoupled), flat
+
+
+def sync_torch_optimizer(optimizer: torch.optim.Optimizer, functional: FunctionalOptimizer, targets: Mapping[str, Tensor],
+                         state: OptState, step: int) -> None:
+    """Write the functional optimizer's state into the torch optimizer's (so its ``state_dict()`` is current)."""
+    if isinstance(functional, TorchOptimizerStep):
+        return
+    # the functional step stands in for optimizer.step(): tell torch's schedulers that updates happened
+    optimizer._opt_called = True  # type: ignore[attr-defined]
+    for n, s in state.items():
+        if not s:
+            continue
+        entry = {k: v.detach().clone() for k, v in s.items()}
+        if isinstance(functional, Adam):
+            entry["step"] = torch.tensor(float(step))
+        optimizer.state[targets[n]] = entry
+
+
+def load_torch_optimizer_state(optimizer: torch.optim.Optimizer, functional: FunctionalOptimizer,
+                               targets: Mapping[str, Tensor], state: OptState) -> int:
+    """Start from the torch optimizer's existing state (a resumed optimizer); returns its step count."""
+    step = 0
+    if isinstance(functional, TorchOptimizerStep):
+        return step
+    for n, s in state.items():
+        saved = optimizer.state.get(targets[n], {})
+        for k in s:
+            if k in saved and saved[k] is not None:
+                s[k] = saved[k].detach().clone().to(s[k].device, s[k].dtype)
+        if "step" in saved:
+            step = max(step, int(float(saved["step"])))
+    return step

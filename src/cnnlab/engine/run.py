@@ -79,3 +79,19 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "last", device: str | Non
 def train(config: RunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (resume from its last checkpoint if asked) and return result.json's record."""
     return Trainer(config, run_dir, progress=progress, **kwargs).fit(resume=resume)
+
+
+def fit(model: nn.Module, train_data: Any, val_data: Any = None, *, optimizer: torch.optim.Optimizer | None = None,
+        lr: float = 1e-3, epochs: int = 10, test_data: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Train your own ``model`` in one line and return the result record; the model keeps the trained weights.
+
+    ``train_data`` / ``val_data`` / ``test_data``: a DataLoader, a torch Dataset or ``(images, labels)``
+    tensors. ``optimizer``: any torch.optim.Optimizer (default AdamW at ``lr``). Other keyword arguments
+    go to :class:`Trainer` (criterion, device, use_amp, gradient_accumulation_steps, gradient_clip_norm,
+    scheduler, callbacks, batch_size, seed, channels_last, run_dir).
+    """
+    if optimizer is None:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    run_dir = kwargs.pop("run_dir", None)
+    return Trainer(None, run_dir, model=model, optimizer=optimizer, train_loader=train_data, val_loader=val_data,
+                   test_loader=test_data, epochs=epochs, **kwargs).fit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,8 @@ from cnnlab.data import ImageDataset, load_dataset
 from cnnlab.data.augment import Augment, converted_stats
 from cnnlab.data.batches import BatchLoader
 from cnnlab.engine.config import ConfigError, RunConfig
-from cnnlab.engine.optim import build_param_groups, make_optimizer
+from cnnlab.engine.optim import (FunctionalOptimizer, TorchOptimizerStep, build_param_groups, from_torch_optimizer, make_optimizer,
+                                 require_functional)
 from cnnlab.engine.schedules import Schedule
 from cnnlab.engine.step import StepSettings, TrainState
 from cnnlab.models import create_deterministic_model
@@ -25,6 +27,28 @@ from cnnlab.models.registry import get_entry
 from cnnlab.utils.seeding import derive_seed
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU executes bf16 matmuls/convolutions natively (AVX-512 BF16 or AMX), not emulated."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo", encoding="ascii", errors="replace") if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(precision actually used, why) for ``train.precision``; "auto" picks bf16 only where it is native."""
+    if precision != "auto":
+        return precision, "set by train.precision"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this CUDA device supports bf16"
+        return "fp16", "auto: this CUDA device has no bf16; fp16 with dynamic loss scaling"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "auto: the CPU has native bf16 instructions (AVX-512 BF16 / AMX)"
+    return "fp32", f"auto: no native bf16 on this {device.type} (bf16 would be emulated, slower)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +68,8 @@ def apply_runtime(config: RunConfig) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    elif config.train.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
 
 
 def seeds(config: RunConfig) -> dict[str, int]:
@@ -76,17 +102,66 @@ def validate_names(config: RunConfig) -> None:
         raise ConfigError(f"model.weights: no file {config.model.weights!r} (a local state_dict file is expected)")
 
 
-def subset_indices(config: RunConfig, n: int) -> Tensor | None:
+def val_indices(config: RunConfig, labels: Tensor) -> Tensor | None:
+    """Train-split indices held out for validation (``data.val_split``): stratified by class, drawn with
+    ``data.val_seed``, sorted; None without a validation split."""
+    v = config.data.val_split
+    if v is None:
+        return None
+    n = int(labels.shape[0])
+    count = v if isinstance(v, int) else int(round(v * n))
+    if not 1 <= count < n:
+        raise ConfigError(f"data.val_split: {v!r} holds out {count} of the {n} train examples; "
+                          f"it must leave at least one example on each side")
+    from sklearn.model_selection import train_test_split
+
+    y = labels.cpu().numpy()
+    counts = torch.bincount(labels.cpu())
+    stratify = y if count >= int((counts > 0).sum()) and int(counts[counts > 0].min()) >= 2 else None
+    _, held = train_test_split(range(n), test_size=count, random_state=derive_seed(config.data.val_seed, "val") % (2**32),
+                               stratify=stratify)
+    return torch.as_tensor(sorted(held), dtype=torch.int64)
+
+
+def subset_indices(config: RunConfig, n: int, held_out: Tensor | None = None) -> Tensor | None:
+    """Train indices of the run: ``data.subset`` taken from the examples not held out for validation."""
+    pool = None
+    if held_out is not None:
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[held_out] = False
+        pool = torch.nonzero(keep).flatten()
     s = config.data.subset
     if s is None:
-        return None
-    count = s if isinstance(s, int) else max(1, int(round(s * n)))
-    if count > n:
-        raise ConfigError(f"data.subset: {count} examples asked for, the train split has {n}")
+        return pool
+    m = n if pool is None else int(pool.numel())
+    count = s if isinstance(s, int) else max(1, int(round(s * m)))
+    if count > m:
+        raise ConfigError(f"data.subset: {count} examples asked for, the train split has {m}"
+                          + (" after the validation split" if pool is not None else ""))
     if config.data.subset_seed is None:
-        return torch.arange(count)
-    gen = torch.Generator().manual_seed(derive_seed(config.data.subset_seed, "subset"))
-    return torch.randperm(n, generator=gen)[:count].sort().values
+        chosen = torch.arange(count)
+    else:
+        gen = torch.Generator().manual_seed(derive_seed(config.data.subset_seed, "subset"))
+        chosen = torch.randperm(m, generator=gen)[:count].sort().values
+    return chosen if pool is None else pool[chosen]
+
+
+def check_monitors(config: RunConfig) -> None:
+    """A ``val_*`` monitor needs ``data.val_split``; fail before compute rather than at the first epoch end."""
+    watched = []
+    if config.schedule.name == "plateau":
+        watched.append(("schedule.monitor", config.schedule.monitor))
+    if config.callbacks.early_stopping is not None:
+        watched.append(("callbacks.early_stopping.monitor", config.callbacks.early_stopping.monitor))
+    if config.callbacks.checkpoint is not None:
+        watched.append(("callbacks.checkpoint.monitor", config.callbacks.checkpoint.monitor))
+    for key, monitor in watched:
+        if monitor.startswith("test_"):
+            warnings.warn(f"{key}: {monitor!r} selects on the test split, so the test accuracy is no longer an unbiased "
+                          f"estimate; set data.val_split and monitor val_* instead", UserWarning, stacklevel=3)
+        if monitor.startswith("val_") and config.data.val_split is None:
+            raise ConfigError(f"{key}: {monitor!r} is measured on the validation split; set data.val_split "
+                              f"(e.g. data.val_split=0.1) or monitor a train_* metric")
 
 
 @dataclass
@@ -102,9 +177,10 @@ class RunParts:
     settings: StepSettings
     schedule: Schedule
     in_channels: int
+    val_indices: Tensor | None = None  # train-split indices held out for validation (data.val_split)
 
     def initial_state(self) -> TrainState:
-        return TrainState.from_model(self.model, self.settings.optimizer, fp16=self.config.train.precision == "fp16")
+        return TrainState.from_model(self.model, self.settings.optimizer, fp16=self.settings.autocast_dtype == torch.float16)
 
     def eval_images(self, images: Tensor, start: int, end: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Eval transform (resize, channels, normalise; no augmentation) of ``images[start:end]`` on device."""
@@ -123,6 +199,7 @@ def build_run(
 ) -> RunParts:
     """Build the run. ``weights``: per-example training weights (N_train), e.g. zeros for dropped examples."""
     validate_names(config)
+    check_monitors(config)
     device = device or resolve_device(config.train.device)
     if dataset is None:
         dataset = load_dataset(config.data.name, root=config.data.root, **config.data.options)
@@ -168,9 +245,10 @@ def build_run(
         raise ValueError(f"weights must have shape ({len(dataset.train)},), got {tuple(weights.shape)}")
     if t.batch_size % world_size:
         raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world_size} data-parallel ranks")
+    held_out = val_indices(config, dataset.train.labels)
     loader = BatchLoader(
         dataset.train.images, dataset.train.labels, t.batch_size, seed=derive_seed(config.seed, "data"),
-        shuffle=True, drop_last=t.drop_last, indices=subset_indices(config, len(dataset.train)), weights=weights,
+        shuffle=True, drop_last=t.drop_last, indices=subset_indices(config, len(dataset.train), held_out), weights=weights,
         augment=augment, device=device, dtype=torch.float32, channels_last=t.channels_last,
         rank=rank, world_size=world_size)
     if len(loader) == 0:
@@ -179,13 +257,58 @@ def build_run(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     o = config.optim
     groups = build_param_groups(named, o.weight_decay, no_decay_1d=o.no_decay_1d, bias_lr_scale=o.bias_lr_scale)
-    optimizer = make_optimizer(o.name, groups, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas, eps=o.eps)
+    if o.torch_class:
+        optimizer = torch_class_optimizer(config, model, groups)
+    else:
+        optimizer = make_optimizer(o.name, groups, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas, eps=o.eps)
+    if t.accumulate_batches > 1 and t.accumulation > 1:
+        raise ConfigError("train.accumulate_batches and train.accumulation both split the step; set one of them to 1")
+    precision, _ = resolve_precision(t.precision, device)
     settings = StepSettings(
         optimizer=optimizer, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, accumulation=t.accumulation,
-        autocast_dtype=_AMP[t.precision], bn_stats=t.bn_stats,
+        autocast_dtype=_AMP[precision], bn_stats=t.bn_stats,
         frozen={n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
-    schedule = make_schedule(config, len(loader))
-    return RunParts(config, device, dataset, model, augment, loader, settings, schedule, in_channels)
+    schedule = make_schedule(config, math.ceil(len(loader) / t.accumulate_batches))
+    return RunParts(config, device, dataset, model, augment, loader, settings, schedule, in_channels, held_out)
+
+
+def torch_class_optimizer(config: RunConfig, model: nn.Module, groups) -> FunctionalOptimizer:
+    """``optim.torch_class``: the named torch optimizer over the run's parameter groups, as the step's optimizer."""
+    import importlib
+
+    o = config.optim
+    module, _, attr = o.torch_class.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr) if module else None
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optim.torch_class: {o.torch_class!r} is not an importable torch.optim.Optimizer class "
+                          "(e.g. torch.optim.RMSprop)")
+    named = dict(model.named_parameters())
+    torch_groups = [{"params": [named[n] for n in g.params], "weight_decay": g.weight_decay, "lr": o.lr * g.lr_scale}
+                    for g in groups if g.params]
+    try:
+        opt = cls(torch_groups, **o.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"optim.options: {o.torch_class}: {e}") from None
+    functional, _ = from_torch_optimizer(opt, {n: p for n, p in named.items() if p.requires_grad})
+    if isinstance(functional, TorchOptimizerStep):
+        functional.drive_lr = True  # the run's schedule sets the rate
+    return functional
+
+
+def nonfunctional_optimizer(config: RunConfig) -> str | None:
+    """Why ``optim.torch_class`` cannot run as the functional (differentiable, vmappable) update, or None if it can."""
+    if not config.optim.torch_class:
+        return None
+    probe = nn.Linear(2, 2)
+    optimizer = torch_class_optimizer(config, probe, build_param_groups(dict(probe.named_parameters()), config.optim.weight_decay))
+    try:
+        require_functional(optimizer, "this analysis")
+    except ValueError as e:
+        return f"optim.torch_class: {e}"
+    return None
 
 
 def make_schedule(config: RunConfig, steps_per_epoch: int) -> Schedule:

@@ -63,6 +63,7 @@ class StepSettings:
     autocast_dtype: torch.dtype | None = None
     bn_stats: str = "native"  # "native": BN updates running stats in place; "explicit": out of place, differentiable
     frozen: dict[str, Tensor] = field(default_factory=dict)
+    criterion: Callable[[Tensor, Tensor], Tensor] | None = None  # a user's batch-mean loss; None: weighted cross-entropy
 
 
 @dataclass
@@ -70,6 +71,7 @@ class StepOutput:
     loss: Tensor  # weighted mean loss of the batch (detached unless create_graph)
     correct: Tensor  # number of correct top-1 predictions in the batch
     finite: Tensor | None = None  # fp16: whether the update was applied
+    pred: Tensor | None = None  # top-1 predictions of the batch (detached)
 
 
 GradReducer = Callable[[list[Tensor]], None]
@@ -192,7 +194,10 @@ def forward_loss(
     )
     with ctx, amp:
         logits = functional_call(model, ({**settings.frozen, **params}, buffers), (x,))
-    loss = (w * per_example_loss(logits, y, settings.label_smoothing)).sum() / denominator
+    if settings.criterion is None:
+        loss = (w * per_example_loss(logits, y, settings.label_smoothing)).sum() / denominator
+    else:  # a batch-mean loss, rescaled so micro-batches and data-parallel shards sum to the global mean
+        loss = settings.criterion(_upcast(logits), y) * (x.shape[0] / denominator)
     new_buffers = _updated_buffers(model, buffers, stats) if explicit else buffers
     return loss, (logits, new_buffers)
 
@@ -216,21 +221,28 @@ def train_step(
     differentiation: str = "autograd",
     denominator: float | None = None,
     grad_reducer: GradReducer | None = None,
+    splits: list[int] | None = None,
 ) -> tuple[TrainState, StepOutput]:
     """One optimizer update on batch (x, y) with per-example weights w.
 
     ``create_graph``: keep the graph so the new state can be differentiated w.r.t. the old state and w
     (MAGIC). ``differentiation``: "autograd" (torch.autograd.grad, fastest eagerly) or "func"
     (torch.func.grad, needed under vmap). ``denominator``: the global batch size (data parallel: each
-    rank holds a shard). ``grad_reducer``: sums gradients across ranks in place.
+    rank holds a shard). ``grad_reducer``: sums gradients across ranks in place. ``splits``: sizes of the
+    loader batches concatenated in (x, y, w) when gradients accumulate over N batches (each its own forward,
+    BatchNorm statistics included); otherwise ``settings.accumulation`` equal micro-batches.
     """
     names = list(state.params)
     denom = float(denominator if denominator is not None else x.shape[0])
-    micro = _split(x, y, w, settings.accumulation)
+    if splits is not None:
+        micro = list(zip(x.split(splits), y.split(splits), w.split(splits)))
+    else:
+        micro = _split(x, y, w, settings.accumulation)
     buffers = state.buffers
     grads: list[Tensor] | None = None
     loss_total = x.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long, device=x.device)
+    preds: list[Tensor] = []
     scale = state.loss_scale
 
     for xm, ym, wm in micro:
@@ -253,7 +265,9 @@ def train_step(
             raise ValueError(f"differentiation must be 'autograd' or 'func', got {differentiation!r}")
         grads = g if grads is None else [a + b for a, b in zip(grads, g)]
         loss_total = loss_total + (loss if create_graph else loss.detach())
-        correct = correct + (logits.detach().argmax(1) == ym).sum()
+        pred = logits.detach().argmax(1)
+        preds.append(pred)
+        correct = correct + (pred == ym).sum()
 
     assert grads is not None
     if grad_reducer is not None:
@@ -274,7 +288,7 @@ def train_step(
     new_state = TrainState(new_params, buffers, new_opt, state.step + 1, scale, state.good_steps)
     if scale is not None:
         new_state = _apply_loss_scaling(state, new_state, bool(finite))
-    return new_state, StepOutput(loss_total, correct, finite)
+    return new_state, StepOutput(loss_total, correct, finite, preds[0] if len(preds) == 1 else torch.cat(preds))
 
 
 def _split(x: Tensor, y: Tensor, w: Tensor, parts: int) -> list[tuple[Tensor, Tensor, Tensor]]:

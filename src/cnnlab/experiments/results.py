@@ -133,6 +133,8 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     if "best" in result:
         out[f"best_{result['best']['monitor']}"] = result["best"]["value"]
         out["best_epoch"] = result["best"]["epoch"]
+        for k, v in (result["best"].get("test") or {}).items():  # the test metrics of the model chosen on validation
+            out[f"best_{k}"] = v
     out["epochs"] = result.get("epochs_completed")
     out["stopped_early"] = result.get("stopped_early")
     for k, v in (result.get("timings") or {}).items():

@@ -75,6 +75,14 @@ class PopulationRunConfig(RunConfig):
             unsupported.append("schedule.name: plateau (it needs one metric per member)")
         if self.callbacks.early_stopping is not None or self.callbacks.checkpoint is not None:
             unsupported.append("callbacks")
+        if t.accumulate_batches > 1:
+            unsupported.append("train.accumulate_batches (use train.accumulation)")
+        if self.optim.torch_class:
+            from cnnlab.engine.setup import nonfunctional_optimizer
+
+            problem = nonfunctional_optimizer(self)
+            if problem:
+                unsupported.append(problem.replace("this analysis", "a population (vmapped)"))
         if unsupported:
             raise ValueError("not supported for populations: " + ", ".join(unsupported))
         return self
