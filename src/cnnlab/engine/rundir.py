@@ -52,9 +52,11 @@ def describe_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> s
     return text + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
 
 
-def check_same_run(run_dir: str | Path, config: dict[str, Any], *, action: str = "resume", kind_only: bool = False) -> None:
+def check_same_run(run_dir: str | Path, config: dict[str, Any], *, action: str = "resume", kind_only: bool = False,
+                   ignore: tuple[str, ...] = ()) -> None:
     """Refuse (ConfigError) when ``run_dir`` holds a run of another kind or (unless ``kind_only``) another
-    config than ``config``."""
+    config than ``config``; dotted keys in ``ignore`` may differ (the caller checks them: e.g. the Trainer
+    lets ``train.epochs`` grow on resume)."""
     stored = saved_config(run_dir)
     if stored is None:
         return
@@ -64,6 +66,6 @@ def check_same_run(run_dir: str | Path, config: dict[str, Any], *, action: str =
         what = KIND_KEYS.get(have_kind, "a training run (cnnlab train)")
         raise ConfigError(f"cannot {action} {run_dir}: it holds {what}, not {KIND_KEYS.get(want_kind, 'a training run')}; nothing was changed. "
                           "Pick another --out")
-    if stored != want and not kind_only:
+    if stored != want and not kind_only and any(k not in ignore for k, _, _ in config_diff(stored, want)):
         raise ConfigError(f"cannot {action} {run_dir}: its config.yaml differs at {describe_diff(stored, want)}; "
                           "nothing was changed. Pick another --out, or resume with the stored settings")

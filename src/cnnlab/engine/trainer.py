@@ -489,7 +489,8 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         assert self.run_dir is not None
         result = self.run_dir / "result.json"
-        check_same_run(self.run_dir, self.config.to_dict(), action="resume" if resume else "train into", kind_only=not resume)
+        check_same_run(self.run_dir, self.config.to_dict(), action="resume" if resume else "train into", kind_only=not resume,
+                       ignore=("train.epochs",))  # a longer run extends this one: _restore checks the schedule allows it
         ensure_contained(self.run_dir, "checkpoints", "metrics.jsonl", "result.json", "config.yaml")
         if not resume and (result.exists() or (self.run_dir / "checkpoints" / "last.pt").exists()):
             raise FileExistsError(f"run directory {self.run_dir} already holds a run; use --resume to continue it or pick another --out")
@@ -660,6 +661,17 @@ def _config_callbacks(config: RunConfig) -> list[Callback]:
     ck = config.callbacks.checkpoint
     if ck is not None:
         out.append(ModelCheckpoint(monitor=ck.monitor, mode=ck.mode, save_top_k=ck.top_k))
+    from cnnlab.engine.loggers import LOGGERS, CurvesPlot, custom_callback
+
+    for name in config.callbacks.loggers:
+        try:
+            out.append(LOGGERS[name]())
+        except ImportError as e:
+            raise ConfigError(f"callbacks.loggers: {e}") from None
+    out += [custom_callback(spec.class_path, spec.init_args, f"callbacks.custom[{i}]")
+            for i, spec in enumerate(config.callbacks.custom)]
+    if config.callbacks.curves:
+        out.append(CurvesPlot())
     return out
 
 
@@ -692,14 +704,19 @@ def _jsonl(record: dict) -> str:
 
 
 class _Progress:
-    """A rich progress bar (loss, accuracy, images/s, ETA) that is a no-op when disabled."""
+    """A rich progress bar (loss, accuracy, images/s, ETA) on a terminal; one plain line per epoch otherwise
+    (cluster logs, nohup, CI); nothing when disabled."""
 
     def __init__(self, enabled: bool, epochs: int, steps: int):
-        self.enabled, self.epochs, self.steps = enabled and sys.stderr.isatty(), epochs, steps
+        self.enabled, self.epochs, self.steps = enabled, epochs, steps
+        self.lines = enabled and not sys.stderr.isatty()
         self._p = None
+        self._t0 = time.perf_counter()
+        self._done = 0
 
     def __enter__(self):
-        if self.enabled:
+        self._t0 = time.perf_counter()
+        if self.enabled and not self.lines:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -708,6 +725,7 @@ class _Progress:
         return self
 
     def start_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
         if self._p is not None:
             self._task = self._p.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, stats="")
 
@@ -716,9 +734,18 @@ class _Progress:
             self._p.update(self._task, completed=done, stats=f"loss {loss:.4f} acc {acc:.3f} {ips:,.0f} img/s")
 
     def end_epoch(self, m: dict) -> None:
+        acc = next((f"{k} {m[k]:.4f}" for k in ("val_acc", "test_acc") if k in m), "")
+        stats = f"loss {m['train_loss']:.4f} {acc} {m['images_per_s']:,.0f} img/s"
         if self._p is not None:
-            acc = next((f"{k} {m[k]:.4f}" for k in ("val_acc", "test_acc") if k in m), "")
-            self._p.update(self._task, stats=f"loss {m['train_loss']:.4f} {acc} {m['images_per_s']:,.0f} img/s")
+            self._p.update(self._task, stats=stats)
+        elif self.lines:
+            from cnnlab.utils.progress import eta_seconds, format_duration
+
+            self._done += 1
+            elapsed = time.perf_counter() - self._t0
+            eta = eta_seconds(self._done, self.epochs - self._epoch - 1 + self._done, elapsed)
+            print(f"epoch {self._epoch + 1}/{self.epochs}: {stats} ({format_duration(elapsed)}"
+                  + (f", ETA {format_duration(eta)}" if eta else "") + ")", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._p is not None:
