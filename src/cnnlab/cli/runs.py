@@ -26,7 +26,7 @@ def list_cmd(
 
     try:
         infos = [run_info(p) for p in find_runs(root)]
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     if json_out:
         print_json(infos)
@@ -51,7 +51,7 @@ def info_cmd(
 
     try:
         info = run_info(run)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     if json_out:
         print_json(info)

@@ -71,7 +71,8 @@ def validate_names(config: RunConfig) -> None:
         try:
             create_model(config.model.name, init="default", **config.model.options)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.options: {e}") from None
+            raise ConfigError(f"model.options: model {config.model.name!r} cannot be built with "
+                              f"{config.model.options}: {e}") from None
 
 
 def subset_indices(config: RunConfig, n: int) -> Tensor | None:
