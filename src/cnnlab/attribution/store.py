@@ -203,10 +203,16 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def clean_run(run_dir: str | Path, what: str = "checkpoints") -> list[str]:
-    """Free disk space: ``checkpoints`` removes checkpoints/ and TRAK's working files (scores, LDS results
-    and plots stay; MAGIC and LDS recompute training states themselves); ``all`` removes the whole run
-    directory. Returns what was removed."""
+CLEAN_WHAT = {
+    "scratch": "TRAK's working files and checkpoints other than last.pt and the best (the trained weights stay)",
+    "checkpoints": "all of checkpoints/ and TRAK's working files (explain, mi and resuming then have no weights)",
+    "all": "the whole run directory: weights, scores, LDS results, plots",
+}
+
+
+def clean_run(run_dir: str | Path, what: str = "scratch") -> list[str]:
+    """Free disk space (see :data:`CLEAN_WHAT`): ``scratch`` keeps the final and best weights; scores, LDS
+    results and plots stay unless ``what`` is ``all``. Returns what was removed."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -214,9 +220,22 @@ def clean_run(run_dir: str | Path, what: str = "checkpoints") -> list[str]:
     if what == "all":
         shutil.rmtree(run_dir)
         return [str(run_dir)]
-    if what != "checkpoints":
-        raise ValueError(f"--what must be checkpoints or all, got {what!r}")
-    for p in (run_dir / "checkpoints", run_dir / "baselines" / "trak_work"):
+    if what not in CLEAN_WHAT:
+        raise ValueError(f"--what must be one of {', '.join(CLEAN_WHAT)}, got {what!r}")
+    targets = [run_dir / "baselines" / "trak_work"]
+    if what == "checkpoints":
+        targets.append(run_dir / "checkpoints")
+    else:
+        from cnnlab.engine.run import read_result
+
+        best = ((read_result(run_dir) or {}).get("best") or {}).get("checkpoint")
+        keep = {run_dir / "checkpoints" / "last.pt", *([run_dir / best] if best else [])}
+        targets += [p for p in sorted((run_dir / "checkpoints").glob("*.pt")) if p not in keep]
+    for p in targets:
+        if p.is_file():
+            p.unlink()
+            removed.append(str(p.relative_to(run_dir)))
+            continue
         if p.exists():
             shutil.rmtree(p)
             removed.append(str(p.relative_to(run_dir)))

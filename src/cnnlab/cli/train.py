@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import check_out, fail
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -21,6 +21,7 @@ def train_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a model. With no arguments: the default small CNN on the embedded digits data."""
+    from cnnlab.data.errors import DataError
     from cnnlab.engine.config import ConfigError, load_config
     from cnnlab.engine.trainer import Trainer, TrainingDiverged
 
@@ -31,15 +32,16 @@ def train_cmd(
         cfg = load_config(config, overrides or [])
     except ConfigError as e:
         fail(str(e))
-    if resume and out is None:
-        fail("--resume needs --out RUN_DIR (the run to continue)")
+    check_out(out, resume)
     run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         trainer = Trainer(cfg, run_dir, progress=progress and not json_out)
         result = trainer.fit(resume=resume)
-    except ConfigError as e:
+    except (ConfigError, FileExistsError) as e:
         fail(str(e))
-    except FileExistsError as e:
+    except DataError as e:  # missing or corrupt dataset files: the message says how to get them
+        fail(f"data.name: {e}")
+    except ValueError as e:  # an unreadable checkpoint, an unknown data.options key
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"{e}; status 'diverged' written to {run_dir / 'result.json'}", code=3)
