@@ -103,10 +103,10 @@ CASES = [
     ("sweep-indices-reversed", ["sweep", "run", TINY, "--root", "{d}/sw", "--indices", "2-1"], ["--indices", "2-1"], None),
     ("sweep-indices-out-of-range", ["sweep", "run", TINY, "--root", "{d}/sw", "--indices", "60-70"], ["--indices", "1..64"], None),
     ("out-empty", ["train", *FAST, "--out", ""], ["--out"], None),
-    ("train-resume-nothing", ["train", *FAST, "--out", "{d}/empty", "--resume"], ["--resume", "empty"], None),
-    ("population-resume-nothing", ["population", "train", POPCFG, *POP, "--out", "{d}/empty", "--resume"],
-     ["--resume", "empty"], None),
-    ("es-resume-nothing", ["population", "es", ESCFG, "--out", "{d}/empty", "--resume"], ["--resume", "empty"], None),
+    ("train-resume-nothing", ["train", *FAST, "--out", "{d}/fresh-train", "--resume"], ["--resume", "fresh-train"], None),
+    ("population-resume-nothing", ["population", "train", POPCFG, *POP, "--out", "{d}/fresh-pop", "--resume"],
+     ["--resume", "fresh-pop"], None),
+    ("es-resume-nothing", ["population", "es", ESCFG, "--out", "{d}/fresh-es", "--resume"], ["--resume", "fresh-es"], None),
     ("magic-targets-huge", ["magic", "{d}/magic.yaml", "--targets", "0-2000000000", "--out", "{d}/m"],
      ["0-2000000000", "test split"], None),
     ("explain-images-huge", ["explain", "{run}", "--images", "0-2000000000", "--no-metrics"], ["0-2000000000"], None),
@@ -136,7 +136,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv,words,setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_error(env, monkeypatch, argv, words, setup):
+def test_bad_input_is_one_clear_error(env, monkeypatch, tmp_path, argv, words, setup):
+    monkeypatch.chdir(tmp_path)  # an input accepted by mistake trains into its own runs/, not the next case's
     if setup is not None:
         setup(env, monkeypatch)
     args = [a.format(d=env["d"], run=env["run"]) for a in argv]
