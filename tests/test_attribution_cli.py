@@ -100,7 +100,9 @@ def test_lds_validates_magic_tracin_and_external_scores(magic_run, tmp_path):
     assert info["magic"]["targets"] == 4 and info["lds"][0]["drop"] == 0.25 and info["status"] == "completed"
     res = runner.invoke(app, ["runs", "list", str(out.parent), "--json"])
     assert res.exit_code == 0 and [r["run"] for r in json.loads(res.stdout)] == [str(out)]
-    res = runner.invoke(app, ["runs", "clean", str(out)])
+    res = runner.invoke(app, ["runs", "clean", str(out)])  # default: the trained weights stay
+    assert res.exit_code == 0 and "kept the trained weights" in flat(res) and (out / "checkpoints" / "last.pt").is_file()
+    res = runner.invoke(app, ["runs", "clean", str(out), "--what", "checkpoints"])
     assert res.exit_code == 0 and "checkpoints" in res.output
     assert not (out / "checkpoints").exists() and (out / "scores.pt").is_file() and (regime / "summary.json").is_file()
 

@@ -93,11 +93,15 @@ def parse_targets(spec: str | None, n_test: int, default: int = 50) -> list[int]
                 lo, hi = (int(v) for v in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if lo < 0 or hi >= n_test:  # before expanding: 0-2000000000 must not allocate
+                    raise IndexError
                 out.update(range(lo, hi + 1))
             else:
                 out.add(int(part))
         except ValueError:
             raise ValueError(f"targets: {part!r} is not an index or a range like 0-49 (spec {spec!r})") from None
+        except IndexError:
+            raise ValueError(f"targets: {part!r} is outside the test split [0, {n_test})") from None
     bad = [i for i in out if not 0 <= i < n_test]
     if bad:
         raise ValueError(f"targets: indices {sorted(bad)[:5]} are outside the test split [0, {n_test})")

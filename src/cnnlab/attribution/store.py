@@ -203,10 +203,16 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def clean_run(run_dir: str | Path, what: str = "checkpoints") -> list[str]:
-    """Free disk space: ``checkpoints`` removes checkpoints/ and TRAK's working files (scores, LDS results
-    and plots stay; MAGIC and LDS recompute training states themselves); ``all`` removes the whole run
-    directory. Returns what was removed."""
+CLEAN_WHAT = {
+    "scratch": "TRAK's working files and checkpoints other than last.pt and the best (the trained weights stay)",
+    "checkpoints": "all of checkpoints/ and TRAK's working files (explain, mi and resuming then have no weights)",
+    "all": "the whole run directory: weights, scores, LDS results, plots",
+}
+
+
+def clean_run(run_dir: str | Path, what: str = "scratch") -> list[str]:
+    """Free disk space (see :data:`CLEAN_WHAT`): ``scratch`` keeps the final and best weights; scores, LDS
+    results and plots stay unless ``what`` is ``all``. Returns what was removed."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -217,13 +223,26 @@ def clean_run(run_dir: str | Path, what: str = "checkpoints") -> list[str]:
             return [f"{run_dir} (a link; its target was left alone)"]
         shutil.rmtree(run_dir)  # rmtree unlinks links inside, it does not follow them
         return [str(run_dir)]
-    if what != "checkpoints":
-        raise ValueError(f"--what must be checkpoints or all, got {what!r}")
-    for p in (run_dir / "checkpoints", run_dir / "baselines" / "trak_work"):
+    if what not in CLEAN_WHAT:
+        raise ValueError(f"--what must be one of {', '.join(CLEAN_WHAT)}, got {what!r}")
+    ckpts = run_dir / "checkpoints"
+    targets = [run_dir / "baselines" / "trak_work"]
+    if what == "checkpoints":
+        targets.append(ckpts)
+    elif ckpts.is_dir() and not ckpts.is_symlink():  # never glob through a link out of the run directory
+        from cnnlab.engine.run import read_result
+
+        best = ((read_result(run_dir) or {}).get("best") or {}).get("checkpoint")
+        keep = {ckpts / "last.pt", *([run_dir / best] if best else [])}
+        targets += [p for p in sorted(ckpts.glob("*.pt")) if p not in keep]
+    for p in targets:
         rel = str(p.relative_to(run_dir))
-        if p.is_symlink():
+        if p.is_symlink():  # remove the link, never what it points to
             p.unlink()
             removed.append(f"{rel} (a link; its target was left alone)")
+        elif p.is_file():
+            p.unlink()
+            removed.append(rel)
         elif p.exists():
             ensure_contained(run_dir, p.relative_to(run_dir).parent)
             shutil.rmtree(p)

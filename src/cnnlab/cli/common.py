@@ -8,6 +8,8 @@ from typing import NoReturn, Optional
 import typer
 from typer.core import TyperCommand
 
+from rich.markup import escape
+
 from cnnlab.utils.console import err_console
 
 MLFLOW_DEFAULT = "default"  # bare --mlflow: a sqlite store beside the command's runs (see resolve_mlflow_uri)
@@ -92,7 +94,7 @@ def resolve_mlflow_uri(uri: Optional[str], root: Path) -> Optional[str]:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error (no traceback) and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # brackets in messages are text
     raise typer.Exit(code)
 
 
@@ -115,3 +117,18 @@ def log_to_mlflow(uri: Optional[str], run_dir: Path, experiment: str) -> Optiona
     run_id = log_run_dir(resolved, run_dir, experiment=experiment)
     err_console.print(f"logged to MLflow run {run_id} in {resolved}", highlight=False, markup=False)
     return run_id
+
+
+def check_out(out: Optional[Path], resume: bool) -> None:
+    """Refuse an --out that cannot be a run directory, and --resume on one that holds no run to continue."""
+    if out is None:
+        if resume:
+            fail("--resume needs --out RUN_DIR (the run to continue)")
+        return
+    if str(out).strip() in ("", "."):
+        fail(f"--out {str(out)!r}: give a run directory (an empty --out would train into the current folder)")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is an existing file, not a run directory")
+    if resume and not ((out / "config.yaml").is_file() or (out / "checkpoints" / "last.pt").is_file()):
+        fail(f"--resume: {out} holds no run to continue (no config.yaml or checkpoints/last.pt); "
+             "leave out --resume to start a new run there")

@@ -51,6 +51,8 @@ def _read_checksums(path: Optional[Path]) -> Optional[dict[str, str]]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         fail(f"cannot read --checksums file {path}: {e}")
+    except UnicodeDecodeError as e:
+        fail(f"--checksums file {path} is not UTF-8 text (byte {e.start}: {e.reason})")
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         fail(f"--checksums file {path} must map file names to checksums, e.g. {{\"gzip.zip\": \"md5:...\"}}")
     return data

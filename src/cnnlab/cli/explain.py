@@ -27,8 +27,8 @@ app = typer.Typer(cls=_DefaultToMaps, no_args_is_help=True,
                        "`cnnlab explain RUN_DIR` = `cnnlab explain maps RUN_DIR`.")
 
 
-def parse_indices(text: str) -> list[int]:
-    """``"0,3,5-7"`` -> [0, 3, 5, 6, 7]."""
+def parse_indices(text: str, size: int | None = None) -> list[int]:
+    """``"0,3,5-7"`` -> [0, 3, 5, 6, 7]; with ``size``, ranges are checked against [0, size) before expanding."""
     out: list[int] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -39,6 +39,8 @@ def parse_indices(text: str) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
+                if size is not None and (lo < 0 or hi >= size):
+                    raise IndexError(f"--images: {part!r} is outside the split's indices [0, {size})")
                 out.extend(range(lo, hi + 1))
             else:
                 out.append(int(part))
@@ -127,7 +129,6 @@ def maps_cmd(
     from cnnlab.explain.runs import open_run
 
     try:
-        idx = parse_indices(images) if images else None
         names = parse_names(methods, "--methods")
         options = parse_method_options(opt)
         _check_methods(names, options)
@@ -135,6 +136,7 @@ def maps_cmd(
         if split not in ("test", "train"):
             raise ValueError(f"--split must be test or train, got {split!r}")
         run = open_run(run_dir, device=device)
+        idx = parse_indices(images, len(run.split(split))) if images else None
         summary = explain_run(run, out or Path(run_dir) / "explain", indices=idx, split=split, methods=names,
                               options=options, target=tgt, metrics=metrics, batch_size=batch_size,
                               metric_options=_metric_options(perturb_samples, infidelity_std, sensitivity_radius))
@@ -174,7 +176,6 @@ def compare_cmd(
     from cnnlab.explain.runs import find_run_dirs, open_run
 
     try:
-        idx = parse_indices(images) if images else None
         names = parse_names(methods, "--methods")
         options = parse_method_options(opt)
         _check_methods(names, options)
@@ -185,6 +186,7 @@ def compare_cmd(
         if len(dirs) < 2:
             raise ValueError(f"explain compare needs at least two runs, found {len(dirs)}: {', '.join(map(str, dirs))}")
         runs = [open_run(d, device=device) for d in dirs]
+        idx = parse_indices(images, min(len(r.split("test")) for r in runs)) if images else None
         dest = out or _beside(Path(os.path.commonpath([str(d.resolve()) for d in dirs])), "explain_compare")
         report = compare_runs(runs, dest, indices=idx, methods=names, options=options, target=tgt, grid=grid, topk=topk,
                               metrics=metrics, batch_size=batch_size,

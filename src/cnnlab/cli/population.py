@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, set_option
+from cnnlab.cli.common import check_mlflow, check_out, fail, log_to_mlflow, mlflow_option, set_option
 from cnnlab.utils.console import console, print_json, print_table
 
 app = typer.Typer(help="Populations: many models trained at once (vmap / loop / processes), evolution strategies.",
@@ -39,11 +39,10 @@ def train_cmd(
         cfg = load(PopulationRunConfig, config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
+    check_out(out, resume)
     run_dir = _run_dir(out, cfg.name)
     check_mlflow(mlflow)
     try:
-        if resume and out is None:
-            raise ConfigError("--resume needs --out: the run directory to continue")
         result = run_population(cfg, run_dir, progress=progress and not json_out, resume=resume)
     except (ConfigError, FileExistsError, ValueError) as e:  # bad config, run dir or checkpoint
         fail(str(e))
@@ -51,6 +50,12 @@ def train_cmd(
     if json_out:
         print_json(result)
         return
+    if result.get("diverged_members"):
+        from cnnlab.utils.console import err_console
+
+        err_console.print(f"warning: member(s) {', '.join(map(str, result['diverged_members']))} diverged (non-finite "
+                          "loss or weights); they are marked 'diverged' and left out of the mean, std and best",
+                          highlight=False, markup=False)
     choice = result["backend_choice"]
     console.print(f"backend: [bold]{result['backend']}[/]" + (f" (auto: {choice['reason']})" if choice else " (as configured)"))
     print_table(f"{cfg.name}: {cfg.model.name} x {result['size']} on {cfg.data.name}",
@@ -58,7 +63,7 @@ def train_cmd(
                 [(m["index"], m["lr"], m["examples_kept"], m.get("train_loss", float("nan")),
                   m.get("test_loss", float("nan")), m.get("test_acc", float("nan"))) for m in result["members"]])
     s, t = result["summary"], result["timings"]
-    print_table(None, ["", "value"], [("run directory", str(run_dir)), ("test acc mean ± std", f"{s['test_acc_mean']:.4f} ± {s['test_acc_std']:.4f}"),
+    print_table(None, ["", "value"], [("run directory", str(run_dir)), (f"test acc mean ± std ({s['members_counted']} members)", f"{s['test_acc_mean']:.4f} ± {s['test_acc_std']:.4f}"),
                                       ("best member", s["best_member"]), ("train time (s)", f"{t['train_s']:.1f}"),
                                       ("member-steps/s", f"{t['member_steps_per_s']:.1f}")])
 
@@ -89,8 +94,7 @@ def es_cmd(
         cfg = load(ESRunConfig, config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
-    if resume and out is None:
-        fail("--resume needs --out RUN_DIR (the run to continue)")
+    check_out(out, resume)
     run_dir = _run_dir(out, cfg.name)
     check_mlflow(mlflow)
     import warnings

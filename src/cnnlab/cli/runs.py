@@ -26,7 +26,7 @@ def list_cmd(
 
     try:
         infos = [run_info(p) for p in find_runs(root)]
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     if json_out:
         print_json(infos)
@@ -52,7 +52,7 @@ def info_cmd(
 
     try:
         info = run_info(run)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     if json_out:
         print_json(info)
@@ -76,18 +76,23 @@ def info_cmd(
 @app.command("clean")
 def clean_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    what: str = typer.Option("checkpoints", "--what", help="checkpoints (keep scores, LDS results, plots) | all"),
+    what: str = typer.Option("scratch", "--what", help="scratch: TRAK working files and checkpoints other than last.pt "
+                             "and the best (the trained weights stay) | checkpoints: all checkpoints too (explain, mi "
+                             "and --resume then fail) | all: the whole run directory."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask before deleting the whole run (--what all)."),
 ) -> None:
-    """Delete checkpoints (default; scores, LDS results and plots stay) or the whole run directory."""
-    from cnnlab.attribution.store import clean_run
+    """Free a run's disk space. By default the final weights, scores, LDS results and plots stay."""
+    from cnnlab.attribution.store import CLEAN_WHAT, clean_run
 
-    if what not in ("checkpoints", "all"):
-        fail(f"--what must be checkpoints or all, got {what!r}")
-    if what == "all" and not yes and not typer.confirm(f"delete {run} and everything in it?"):
+    if what not in CLEAN_WHAT:
+        fail(f"--what must be one of: " + "; ".join(f"{k} ({v})" for k, v in CLEAN_WHAT.items()) + f"; got {what!r}")
+    if what == "all" and not yes and not typer.confirm(f"delete {run} and everything in it ({CLEAN_WHAT['all']})?"):
         raise typer.Exit(1)
     try:
         removed = clean_run(run, what)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    console.print("removed: " + (", ".join(removed) if removed else "nothing (already clean)"))
+    console.print("removed: " + (", ".join(removed) if removed else "nothing (already clean)"), highlight=False, markup=False)
+    if what == "scratch":
+        console.print("kept the trained weights (checkpoints/last.pt); --what checkpoints removes them too, --what all "
+                      "removes the whole run directory", highlight=False, markup=False)

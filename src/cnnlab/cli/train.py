@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, mlflow_option, resolve_mlflow_uri, set_option
+from cnnlab.cli.common import check_mlflow, check_out, fail, mlflow_option, resolve_mlflow_uri, set_option
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -24,6 +24,7 @@ def train_cmd(
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
     """Train a model. With no arguments: the default small CNN on the embedded digits data."""
+    from cnnlab.data.errors import DataError
     from cnnlab.engine.config import ConfigError, load_config
     from cnnlab.engine.trainer import Trainer, TrainingDiverged
     from cnnlab.utils.io import PathEscapeError
@@ -35,8 +36,7 @@ def train_cmd(
         cfg = load_config(config, [*(overrides or []), *(set_ or [])])
     except ConfigError as e:
         fail(str(e))
-    if resume and out is None:
-        fail("--resume needs --out RUN_DIR (the run to continue)")
+    check_out(out, resume)
     run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_mlflow(mlflow)
     lock = None
@@ -56,9 +56,11 @@ def train_cmd(
                                             run_name=run_dir.name))
         trainer = Trainer(cfg, run_dir, progress=progress and not json_out, callbacks=callbacks)
         result = trainer.fit(resume=resume)
-    except ConfigError as e:
+    except (ConfigError, FileExistsError, PathEscapeError) as e:
         fail(str(e))
-    except (FileExistsError, PathEscapeError) as e:
+    except DataError as e:  # missing or corrupt dataset files: the message says how to get them
+        fail(f"data.name: {e}")
+    except ValueError as e:  # an unreadable checkpoint, an unknown data.options key
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"{e}; status 'diverged' written to {run_dir / 'result.json'}", code=3)

@@ -19,8 +19,14 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names the key and what is allowed."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class StrictModel(BaseModel):
+    """Base of every cnnlab config: unknown keys are errors, no type is coerced (``true`` is not 1, ``"3"`` is
+    not 3; an int is a valid float) and floats are finite (``.inf`` / ``.nan`` are refused)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+_Strict = StrictModel
 
 
 class ModelConfig(_Strict):
@@ -76,6 +82,11 @@ class OptimConfig(_Strict):
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas(cls, v):  # YAML has lists, not tuples
+        return tuple(v) if isinstance(v, list) else v
     eps: float = Field(1e-8, gt=0)
     no_decay_1d: bool = Field(True, description="no weight decay for biases, BN and other 1-D parameters")
     bias_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the no-decay group")
@@ -204,7 +215,8 @@ class RunConfig(_Strict):
 def _format_errors(e: ValidationError, model: type[BaseModel]) -> str:
     lines = []
     for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = [p for p in err["loc"] if p not in ("int", "float", "str", "bool")]  # strict unions add the branch
+        key = ".".join(str(p) for p in loc) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, [str(p) for p in err["loc"][:-1]])
@@ -302,6 +314,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
         raw = load_yaml_text(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
     if raw is None:

@@ -45,7 +45,10 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "result.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable result record ({e}); rerun or resume the run to rewrite it") from None
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str = "last", device: str | None = None, dataset: ImageDataset | None = None) -> LoadedRun:

@@ -97,7 +97,9 @@ def validate_names(config: RunConfig) -> None:
         try:
             create_model(config.model.name, init="default", **config.model.options)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.options: {e}") from None
+            opts = ", ".join(f"{k}={v!r}" for k, v in config.model.options.items())
+            why = str(e) if isinstance(e, ValueError) or "keyword argument" in str(e) else "an option value has the wrong type"
+            raise ConfigError(f"model.options: model {config.model.name!r} cannot be built with {opts}: {why}") from None
     if config.model.weights is not None and not os.path.isfile(config.model.weights):
         raise ConfigError(f"model.weights: no file {config.model.weights!r} (a local state_dict file is expected)")
 

@@ -43,7 +43,7 @@ class Axis:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # as cnnlab.engine.config.StrictModel
 
 
 class ClusterOptions(_Strict):

@@ -148,6 +148,10 @@ class Sweep:
                     idx = range(int(part), int(part) + 1)
             except ValueError:
                 raise ValueError(f"bad index list {spec!r}: expected e.g. 1-8,12") from None
+            if not idx:
+                raise ValueError(f"{part!r} is an empty range (from {idx.start} down to {idx.stop - 1}); write it low-high")
+            if idx.start < 1 or idx.stop - 1 > len(self._runs):
+                raise ValueError(f"{part!r} is out of range: the sweep {self.name!r} has runs 1..{len(self._runs)}")
             for i in idx:
                 out.append(self.run(i))
         return out

@@ -10,20 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cnnlab.engine.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
+    StrictModel,
     load_yaml,
     validate_config,
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Strict = StrictModel
 
 
 class PopulationSection(_Strict):

@@ -152,6 +152,7 @@ def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult,
     pc = config.population
     final = res.final
     acc = final.get("test_acc", [math.nan] * pc.size)
+    diverged = _diverged_members(res, pc.size)
     members = []
     for i in range(pc.size):
         members.append({
@@ -161,10 +162,13 @@ def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult,
             "data_seed": parts.train_loader.seed if pc.order == "shared" else derive_seed(config.seed, f"member/{i}/data"),
             "examples_kept": int(weights[i].sum()) if weights is not None else parts.train_loader.num_examples,
             **{k: final[k][i] for k in ("train_loss", "train_acc", "test_loss", "test_acc") if k in final},
+            "status": "diverged" if i in diverged else "completed",
         })
-    acc_t = torch.tensor(acc, dtype=torch.float64)
+    ok = [i for i in range(pc.size) if i not in diverged]  # aggregates over the members that did not diverge
+    acc_t = torch.tensor([acc[i] for i in ok] or [math.nan], dtype=torch.float64)
     return {
-        "status": "completed",
+        "status": "diverged" if not ok else "completed",
+        "diverged_members": diverged,
         "name": config.name,
         "size": pc.size,
         "backend": res.backend,
@@ -172,14 +176,27 @@ def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult,
         "epochs": config.train.epochs,
         "steps": res.state.step,
         "members": members,
-        "summary": {"test_acc_mean": float(acc_t.mean()), "test_acc_std": float(acc_t.std()) if pc.size > 1 else 0.0,
-                    "test_acc_best": float(acc_t.max()), "best_member": int(acc_t.argmax())},
+        "summary": {"test_acc_mean": float(acc_t.mean()), "test_acc_std": float(acc_t.std()) if len(ok) > 1 else 0.0,
+                    "test_acc_best": float(acc_t.max()), "best_member": ok[int(acc_t.argmax())] if ok else None,
+                    "members_counted": len(ok)},
         "timings": {"total_s": elapsed, "train_s": res.train_time_s,
                     "member_steps_per_s": pc.size * res.state.step / res.train_time_s if res.train_time_s > 0 else None},
         "device": str(parts.device),
         "num_params": sum(p.numel() for p in res.state.params.values()) // pc.size,
         "versions": versions(),
     }
+
+
+def _diverged_members(res: PopulationResult, size: int) -> list[int]:
+    """Members whose final losses or weights are not finite (NaN/inf): reported per member, left out of the summary."""
+    final = res.final
+    bad = torch.zeros(size, dtype=torch.bool)
+    for k in ("train_loss", "test_loss"):
+        if k in final:
+            bad |= ~torch.isfinite(torch.tensor(final[k], dtype=torch.float64))
+    for p in res.state.params.values():
+        bad |= ~torch.isfinite(p.detach().reshape(size, -1).cpu()).all(1)
+    return [int(i) for i in torch.nonzero(bad).flatten()]
 
 
 def load_population(run_dir: str | Path, device: str = "cpu") -> tuple[Population, PopulationRunConfig, dict[str, Any] | None]:
