@@ -130,7 +130,7 @@ CASES = [
     ("explain-method-unknown", ["explain", "{run}", "--methods", "nosuch"], ["nosuch"], None),
     ("lds-no-scores", ["lds", "{run}"], ["no MAGIC scores"], None),
     ("data-info-unknown", ["data", "info", "nosuchdata"], ["nosuchdata"], None),
-    ("data-option-format", ["data", "info", "digits", "-o", "split"], ["--option", "split"], None),
+    ("data-option-format", ["data", "info", "digits", "--set", "split"], ["--set", "split"], None),
     ("lr-negative", ["train", *FAST, "optim.lr=-1"], ["optim.lr", "greater than 0"], None),
 ]
 

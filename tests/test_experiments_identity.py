@@ -264,7 +264,10 @@ def test_runs_clean_removes_a_symlinked_checkpoints_link_not_its_target(tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump(BASE))
     (run / "checkpoints").symlink_to(outside)
     before = snapshot(outside)
-    res = cli.invoke(app, ["runs", "clean", str(run)])
+    res = cli.invoke(app, ["runs", "clean", str(run)])  # default (scratch): never globs through the link
+    assert res.exit_code == 0, res.output
+    assert (run / "checkpoints").is_symlink() and snapshot(outside) == before
+    res = cli.invoke(app, ["runs", "clean", str(run), "--what", "checkpoints"])
     assert res.exit_code == 0, res.output
     assert not (run / "checkpoints").exists() and snapshot(outside) == before
 

@@ -453,7 +453,7 @@ class Trainer:
                         self.save_checkpoint(ckpt_path, self.epoch)
                     append_jsonl(self.run_dir / "metrics.jsonl", metrics)
 
-        if self.test_confusion is None and self.history and not diverged:
+        if self.test_confusion is None and self.history and not diverged and self.has_test:
             self.evaluate("test")  # resumed at its final epoch: the confusion matrix is not in the checkpoint
         result = self._result("diverged" if diverged else "completed")
         if self.run_dir and self.is_main:
