@@ -132,7 +132,11 @@ def test_sigkilled_worker_leaves_a_stale_claim_that_the_next_worker_resumes(tmp_
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "sweep", "run-one", str(path), "--index", "1", "--threads", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+    def epoch_recorded():  # the checkpoint is written just before its epoch's metrics line: wait for both
+        log = run_dir / "metrics.jsonl"
+        return (run_dir / "checkpoints" / "last.pt").exists() and log.exists() and len(read_jsonl(log)) >= 1
+
+    while not epoch_recorded() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
     assert sweep.run(1).status == "running"
