@@ -49,12 +49,9 @@ def _run_ray(study: LDSStudy, address: Optional[str], workers: Optional[int], th
         import ray
     except ImportError:
         raise ImportError("the ray executor needs Ray: pip install 'cnnlab[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    from cnnlab.utils.ray_session import init_ray
+
+    started = init_ray(ray, address, workers)
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
         r = study.regime

@@ -172,12 +172,9 @@ class RayActors(FitnessPool):
         except ImportError:
             raise ImportError("es.executor ray needs Ray: pip install 'cnnlab[ray]'") from None
         self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        from cnnlab.utils.ray_session import init_ray
+
+        self.started = init_ray(ray, address, workers)
         remote = ray.remote(num_cpus=num_cpus)(_Actor)
         ref = ray.put(fitness)
         self.workers = workers

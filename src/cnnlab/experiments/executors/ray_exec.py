@@ -29,12 +29,9 @@ def run_ray(sweep: Sweep, request: SubmitRequest) -> list[Outcome]:
         raise ImportError("the ray executor needs Ray: pip install 'cnnlab[ray]'") from None
     opts = sweep.spec.executors.ray
     address = request.address or opts.address
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:  # a local Ray with ``workers`` CPUs (default: all)
-            ray.init(num_cpus=request.workers, include_dashboard=False, log_to_driver=False)
+    from cnnlab.utils.ray_session import init_ray
+
+    started = init_ray(ray, address, request.workers)  # a local Ray with ``workers`` CPUs (default: all)
     if request.mlflow_uri:
         from cnnlab.experiments.tracking import ensure_experiment
 
