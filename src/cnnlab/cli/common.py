@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
-from typer.core import TyperCommand
-
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from cnnlab.utils.console import err_console
 
