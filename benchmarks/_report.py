@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import date
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+# The real MNIST test set (official IDX files) beside the checkout, when the project's shared folder is there;
+# CNNLAB_SHARED_MNIST points elsewhere. Benchmarks fall back to other data without it; the product never reads it.
+SHARED_MNIST = Path(os.environ.get("CNNLAB_SHARED_MNIST", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 HEADER = "# Benchmarks\n\nMeasured by the scripts in `benchmarks/`; each section is rewritten by its script.\n"
 
 

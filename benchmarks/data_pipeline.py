@@ -10,7 +10,7 @@ float32 NCHW batches:
 
 Also: augmentation time as a share of one ResNet-9 fwd+bwd+SGD step at batch 512 (timed here, or estimated
 from reference.md's 165 img/s fp32 with --estimate-step), the cache load time of a CIFAR-10-sized dataset,
-and, when /work/shared/data/mnist is present, decoding the real MNIST test set. Writes its BENCHMARKS.md section.
+and, when ../shared/data/mnist is present, decoding the real MNIST test set. Writes its BENCHMARKS.md section.
 
     python benchmarks/data_pipeline.py [--baseline-batches 10] [--estimate-step] [--no-write]
 """
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import write_section  # noqa: E402
+from _report import SHARED_MNIST, write_section  # noqa: E402
 
 from cnnlab.data import ImageDataset, Split  # noqa: E402
 from cnnlab.data.augment import Augment  # noqa: E402
@@ -130,7 +130,7 @@ def cache_load_seconds(images: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def real_mnist_decode() -> str | None:
-    folder = Path("/work/shared/data/mnist")
+    folder = SHARED_MNIST
     f = folder / "t10k-images-idx3-ubyte.gz"
     if not f.exists():
         return None

@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import SHARED_MNIST  # noqa: E402
 
 PAIRS = {
     "openai": ({"es.algorithm": "openai", "es.optimizer": "adam", "es.lr": 0.03},
@@ -47,7 +48,7 @@ PAIRS = {
 }
 
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+MNIST_DIR = SHARED_MNIST
 
 
 def _dataset(problem: str):

@@ -1,6 +1,6 @@
 """LDS of MAGIC on MNIST next to TracIn and TRAK, on the same subset models.
 
-Data: the real MNIST test set from /work/shared/data/mnist (t10k IDX files) split into the first 8,000
+Data: the real MNIST test set from ../shared/data/mnist (t10k IDX files) split into the first 8,000
 images for training and the last 2,000 for testing. A small CNN (BN + GELU + average pooling, SGD
 momentum 0.9, wd 5e-4, batch 200, triangular OneCycle 0.01 -> 0.05 -> 0.002, 10 epochs) is trained, MAGIC scores are computed for the
 first ``--targets`` test examples, and every method is validated on ``--models`` subset models per drop
@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import SHARED_MNIST  # noqa: E402
+
 from cnnlab.attribution.lds import LDSStudy, Regime
 from cnnlab.attribution.pipeline import ensure_trained_run, lds_analysis, magic_analysis
 from cnnlab.data import ImageDataset, Split
@@ -33,7 +36,7 @@ from cnnlab.data.formats import read_idx_file
 from cnnlab.engine.config import build_config
 from cnnlab.engine.run import read_result
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+MNIST_DIR = SHARED_MNIST
 SECTION = "## MAGIC LDS on MNIST"
 
 VARIANTS = {

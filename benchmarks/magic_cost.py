@@ -16,7 +16,7 @@ when it trains the run itself, via RecordReplayStates), so MAGIC's time is the r
 ``--compile on``: the replay reverses steps with a torch.compile'd VJP; its row reports a second replay
 on the same Replay (the steady cost) and, apart, the seconds the first one spent compiling.
 
-Data: MNIST t10k split 8,000 / 2,000 (/work/shared/data/mnist) when present, else the digits set.
+Data: MNIST t10k split 8,000 / 2,000 (../shared/data/mnist) when present, else the digits set.
 """
 
 from __future__ import annotations

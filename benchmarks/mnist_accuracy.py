@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import write_section  # noqa: E402
+from _report import SHARED_MNIST, write_section  # noqa: E402
 
 from cnnlab.data import ImageDataset, Split, channel_stats  # noqa: E402
 from cnnlab.data.formats import read_idx_file  # noqa: E402
@@ -22,7 +22,7 @@ from cnnlab.engine.config import load_config  # noqa: E402
 from cnnlab.engine.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = ROOT.parent / "shared" / "data" / "mnist"
+DEFAULT_DIR = SHARED_MNIST
 
 
 def shared_mnist_split(mnist_dir: Path, n_train: int = 8000) -> ImageDataset:

@@ -4,7 +4,7 @@ Sequential baseline: each member trained on its own, one after another, with the
 (what ``cnnlab train`` does per run; torch's default thread count). Population backends: ``loop`` (in
 process), ``vmap``, ``procs`` (one process per core, one thread each) and ``auto`` (timed including its
 probe). Every member has its own initial weights and data order. Data: 28x28 MNIST test images from
-/work/shared/data/mnist when present, else synthetic 28x28 images. Goal: auto >= 1.5x sequential.
+../shared/data/mnist when present, else synthetic 28x28 images. Goal: auto >= 1.5x sequential.
 
     python benchmarks/population.py [--members 16] [--models tiny_cnn simple_cnn] [--examples 1024]
                                     [--batch 64] [--epochs 1] [--no-write]
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import write_section  # noqa: E402
+from _report import SHARED_MNIST, write_section  # noqa: E402
 
 from cnnlab.data.batches import BatchLoader  # noqa: E402
 from cnnlab.engine.optim import build_param_groups, make_optimizer  # noqa: E402
@@ -30,7 +30,7 @@ from cnnlab.engine.step import StepSettings, TrainState, train_step  # noqa: E40
 from cnnlab.models import create_deterministic_model, model_info  # noqa: E402
 from cnnlab.population import train_population  # noqa: E402
 
-MNIST = Path("/work/shared/data/mnist")
+MNIST = SHARED_MNIST
 
 
 def load_images(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
