@@ -91,6 +91,17 @@ def test_sweep_report(tmp_path):
     assert len(page.links) == 1  # only the run that has a directory gets a page
 
 
+def test_a_linked_report_folder_is_refused_and_nothing_lands_outside(runs, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = tmp_path / "run"
+    shutil.copytree(runs / "lr0.2", run)
+    (run / "report").symlink_to(outside)
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 2 and "symbolic link" in " ".join(res.output.split())
+    assert list(outside.iterdir()) == []
+
+
 def test_bad_report_targets(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("x")

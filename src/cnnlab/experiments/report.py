@@ -76,7 +76,15 @@ def write_report(target: str | Path, out: str | Path | None = None, *, overrides
 
 
 # ----------------------------------------------------------------------------- one run
+def _check_dest(dest: Path) -> None:
+    """Never write through a link: a linked report/ or assets/ could point out of the run directory."""
+    for p in (dest, dest / "assets"):
+        if p.is_symlink():
+            raise ValueError(f"{p} is a symbolic link; the report is written only into a real folder (remove the link or give --out)")
+
+
 def _write_run(run_dir: Path, dest: Path, *, title: str, back: str | None = None) -> Path:
+    _check_dest(dest)
     assets = dest / "assets"
     parts = [_header(title, "run", run_dir, back)]
     result = _read_json(run_dir / "result.json")
@@ -128,6 +136,7 @@ def _analysis_summaries(run_dir: Path) -> str:
 
 # ----------------------------------------------------------------------------- many runs
 def _write_collection(title: str, runs: Sequence[Path], root: Path, dest: Path, *, sweep: Any = None) -> Path:
+    _check_dest(dest)
     assets = dest / "assets"
     parts = [_header(title, "sweep" if sweep is not None else "runs", root, None)]
     rows, links = _collection_rows(runs, root, sweep)

@@ -102,7 +102,10 @@ class MLflowCallback(Callback):
 
     def __init__(self, tracking_uri: Optional[str] = None, *, experiment: str = "cnnlab",
                  run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None, log_artifacts: bool = True):
-        _client("sqlite://")  # fail now, not at the first epoch, when mlflow is missing
+        from importlib.util import find_spec
+
+        if find_spec("mlflow") is None:  # fail now, not at the first epoch
+            raise ImportError("MLflow tracking needs mlflow: pip install 'cnnlab[mlflow]'")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
