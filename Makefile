@@ -8,7 +8,7 @@ DEVSTAMP := $(VENV)/.installed-dev
 # ~2.5 GB CUDA build PyPI serves for Linux). Empty, or unreachable, falls back to the default index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: train test setup clean
+.PHONY: train test lint setup clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ train: $(STAMP)
 
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -n 2 -q
+
+# style and types: ruff (pyflakes, pycodestyle errors, bugbear) and mypy over the package
+lint: $(DEVSTAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs

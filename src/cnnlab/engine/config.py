@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cnnlab.utils.configdiff import config_diff  # noqa: F401 - re-exported
 from cnnlab.utils.io import load_yaml_text
 
 
@@ -294,18 +295,6 @@ def validate_config(cls: type[ConfigT], raw: dict[str, Any], overrides: list[str
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     return validate_config(RunConfig, raw, overrides)
-
-
-def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every leaf where two nested config dicts differ, by key."""
-    out: list[tuple[str, Any, Any]] = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append((f"{prefix}{k}", a, b))
-    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
