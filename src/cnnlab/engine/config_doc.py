@@ -21,9 +21,9 @@ def _type_name(ann) -> str:
     if origin is typing.Literal:
         return " \\| ".join(str(a) for a in typing.get_args(ann))
     if origin is typing.Union:
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        inner = " or ".join(_type_name(a) for a in args)
-        return f"{inner} (optional)" if len(args) < len(typing.get_args(ann)) else inner
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        inner = " or ".join(_type_name(a) for a in members)
+        return f"{inner} (optional)" if len(members) < len(typing.get_args(ann)) else inner
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(ann))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
@@ -79,7 +79,7 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
         if sub is not None:
             rows += _rows(sub, key + ".")
             continue
-        default = f.default_factory() if f.default_factory is not None else f.default
+        default = f.get_default(call_default_factory=True)
         rows.append((key, _type_name(f.annotation), "" if default is None else repr(default), f.description or MEANINGS.get(key, "")))
     return rows
 

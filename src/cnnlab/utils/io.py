@@ -151,7 +151,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL log, ignoring a final partial line left by a killed writer."""
-    records = []
+    records: list[dict] = []
     p = Path(path)
     if not p.exists():
         return records

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 #: seconds between plain progress lines (override with CNNLAB_PROGRESS_INTERVAL)
 DEFAULT_INTERVAL_S = 30.0
@@ -49,8 +49,8 @@ class ProgressLog:
         self.done = 0
         self._t0 = time.perf_counter()
         self._last_line = -float("inf")
-        self._bar = None
-        self._task = None
+        self._bar: Any = None
+        self._task: Any = None
 
     def __enter__(self) -> "ProgressLog":
         self._t0 = time.perf_counter()
