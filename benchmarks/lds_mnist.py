@@ -129,7 +129,7 @@ def main() -> None:
                              train_indices=torch.arange(len(ds.train)), targets=list(range(args.targets)),
                              measure="loss", num_train=len(ds.train), dataset=ds)
             t0 = time.perf_counter()
-            study.train(workers=args.workers, engine=args.engine, progress=lambda d, n: print(
+            study.train(workers=args.workers, engine=args.engine, progress=lambda d, n, drop=drop, t0=t0: print(
                 f"  drop {drop:g}: {d}/{n} subset models ({time.perf_counter() - t0:.0f} s)", flush=True))
         return
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def main() -> None:
         t0 = time.perf_counter()
         done = [0]
 
-        def progress(d, n, drop=drop):
+        def progress(d, n, drop=drop, t0=t0, done=done):
             if d - done[0] >= 5 or d == n:
                 done[0] = d
                 print(f"  drop {drop:g}: {d}/{n} subset models ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -198,7 +198,7 @@ def write_markdown(root: Path, path: Path = Path("BENCHMARKS.md")) -> None:
     for r in rows:
         m = r["methods"]
 
-        def cell(name):
+        def cell(name, m=m):
             if name not in m:
                 return "-"
             v = m[name]

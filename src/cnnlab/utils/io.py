@@ -140,7 +140,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     Opened with O_NOFOLLOW: a symbolic link in place of the log is an error, never appended through."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError as e:
+    except OSError:
         if Path(path).is_symlink():
             raise PathEscapeError(f"{path} is a symbolic link; cnnlab does not append through it") from None
         raise
