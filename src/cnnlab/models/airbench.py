@@ -50,8 +50,8 @@ class AirBench94(nn.Module):
     bias-free linear head scaled by ``scale``.
 
     ``features`` is the whitening conv + GELU, the net's first block and the masking hook point
-    (airbench has no BN there); ``block3`` is the last conv block. Call ``init_whitening(train_images)``
-    before training: until then the whitening filters are random.
+    (airbench has no BN there); ``block3`` is the last conv block. The whitening filters are random until
+    ``init_from_data(train_images)`` (the engine calls it before training) or ``init_whitening`` sets them.
     """
 
     def __init__(
@@ -123,21 +123,15 @@ class AirBench94(nn.Module):
         conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
         return eigvals.to(images.dtype)
 
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """The :class:`~cnnlab.models.hooks.InitFromData` hook: set the whitening filters from ``images``
+        (normalised training images, N x C x H x W) with :meth:`init_whitening`'s defaults."""
+        self.init_whitening(images)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.features(x))))
         return self.head(self.pool(x).flatten(1)) * self.scale
 
 
-@register_model("airbench94", family="airbench", min_resolution=9,
-                description="airbench94: whitening + 3 GELU conv groups 64/256/256, frozen BN scales (~1.97M)")
-def airbench94(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    widths: tuple[int, int, int] = (64, 256, 256),
-    scale: float = 1 / 9,
-    freeze_bn_weights: bool = True,
-    dirac_init: bool = True,
-    bn_momentum: float = 0.4,
-    bn_eps: float = 1e-12,
-) -> AirBench94:
-    return AirBench94(num_classes, in_channels, tuple(widths), scale, freeze_bn_weights, dirac_init, bn_momentum, bn_eps)
+register_model("airbench94", family="airbench", min_resolution=9,
+               description="airbench94: whitening + 3 GELU conv groups 64/256/256, frozen BN scales (~1.97M)")(AirBench94)

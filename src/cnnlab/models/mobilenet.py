@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnlab.models.init import init_cnn_weights_
 from cnnlab.models.registry import register_model
 
 
@@ -46,21 +47,6 @@ class ConvNormActivation(nn.Sequential):
             layers.append(activation(inplace=True))
         super().__init__(*layers)
         self.out_channels = cout
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's MobileNet initialisation."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 # ------------------------------------------------------------------------------------------------ V2
@@ -114,7 +100,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvNormActivation(cin, self.last_channel, kernel_size=1, activation=nn.ReLU6))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
-        _init_weights(self)
+        init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
 
     def first_block(self) -> nn.Module:
         return self.features[0]
@@ -239,7 +225,7 @@ class MobileNetV3(nn.Module):
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
-        _init_weights(self)
+        init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
 
     def first_block(self) -> nn.Module:
         return self.features[0]
@@ -253,24 +239,9 @@ class MobileNetV3(nn.Module):
 
 
 _FAMILY = "mobilenet"
-
-
-@register_model("mobilenet_v2", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2 (width_mult option)")
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v2_075", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2, width 0.75",
-                width_mult=0.75)
-def mobilenet_v2_075(num_classes: int = 10, in_channels: int = 3, width_mult: float = 0.75, dropout: float = 0.2) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v3_small", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV3-Small")
-def mobilenet_v3_small(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3("small", num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v3_large", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV3-Large")
-def mobilenet_v3_large(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3("large", num_classes, in_channels, width_mult, dropout)
+register_model("mobilenet_v2", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2 (width_mult option)")(MobileNetV2)
+register_model("mobilenet_v2_075", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2, width 0.75",
+               width_mult=0.75)(MobileNetV2)
+for _arch in ("small", "large"):
+    register_model(f"mobilenet_v3_{_arch}", family=_FAMILY, min_resolution=32, model_args=dict(arch=_arch),
+                   description=f"torchvision MobileNetV3-{_arch.capitalize()}")(MobileNetV3)

@@ -92,14 +92,14 @@ class SimpleResNet(nn.Module):
         return self.linear(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model("simple_resnet", family="simple_resnet", min_resolution=8,
-                description="SimpleResNet (seed 004) BasicBlock 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)")
 def simple_resnet(num_classes: int = 10, in_channels: int = 3, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> SimpleResNet:
+    """SimpleResNet with cnnlab's option name: ``blocks`` (blocks per stage) is the seed's ``num_blocks_per_stage``."""
     return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)
 
 
-@register_model("resnet4stage", family="simple_resnet", min_resolution=8, in_channels=1,
-                description="the seed's ResNet4StageCustom: SimpleResNet [1,1,1,1], 1 input channel (EMNIST, 4.9M)",
-                blocks=(1, 1, 1, 1))
-def resnet4stage(num_classes: int = 10, in_channels: int = 1, blocks: tuple[int, ...] = (1, 1, 1, 1)) -> SimpleResNet:
-    return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)
+register_model("simple_resnet", family="simple_resnet", min_resolution=8,
+               description="SimpleResNet (seed 004) BasicBlock 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)"
+               )(simple_resnet)
+register_model("resnet4stage", family="simple_resnet", min_resolution=8, in_channels=1, blocks=(1, 1, 1, 1),
+               description="the seed's ResNet4StageCustom: SimpleResNet [1,1,1,1], 1 input channel (EMNIST, 4.9M)"
+               )(simple_resnet)
