@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,26 +68,26 @@ class AirBench94(nn.Module):
         bn_eps: float = 1e-12,
     ):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"widths must be three positive ints, got {widths!r}")
+        ws = tuple(int(w) for w in widths)
+        if len(ws) != 3 or min(ws) < 1:
+            raise ValueError(f"widths must be three positive ints, got {ws!r}")
         if not 0 <= bn_momentum <= 1:
             raise ValueError(f"bn_momentum must be in [0, 1] (PyTorch convention), got {bn_momentum!r}")
         whiten_width = 2 * in_channels * WHITEN_KERNEL**2
         whiten = nn.Conv2d(in_channels, whiten_width, WHITEN_KERNEL, padding=0, bias=True)
         whiten.weight.requires_grad_(False)
         self.features = nn.Sequential(whiten, nn.GELU())
-        opts = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, freeze_bn_weights=freeze_bn_weights, dirac=dirac_init)
-        self.block1 = ConvGroup(whiten_width, widths[0], **opts)
-        self.block2 = ConvGroup(widths[0], widths[1], **opts)
-        self.block3 = ConvGroup(widths[1], widths[2], **opts)
+        opts: dict[str, Any] = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, freeze_bn_weights=freeze_bn_weights, dirac=dirac_init)
+        self.block1 = ConvGroup(whiten_width, ws[0], **opts)
+        self.block2 = ConvGroup(ws[0], ws[1], **opts)
+        self.block3 = ConvGroup(ws[1], ws[2], **opts)
         self.pool = nn.AdaptiveMaxPool2d(1)  # = airbench's MaxPool2d(3) at 32x32, and works at any size
-        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.head = nn.Linear(ws[2], num_classes, bias=False)
         self.scale = float(scale)
 
     @property
     def whiten(self) -> nn.Conv2d:
-        return self.features[0]
+        return cast(nn.Conv2d, self.features[0])
 
     def gradcam_layer(self) -> nn.Module:
         return self.block3

@@ -9,6 +9,8 @@ Dropout before the linear head. Module names are the seed's (``features``, ``lay
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,7 +118,7 @@ class CifarResNet(nn.Module):
 
     @property
     def fc(self) -> nn.Linear:
-        return self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
+        return cast(nn.Linear, self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier)
 
     @property
     def dropout(self) -> nn.Module:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 
-def init_cnn_weights_(model: nn.Module, *, nonlinearity: str = "relu", linear_std: float | None = 0.01) -> None:
+def init_cnn_weights_(model: nn.Module, *, nonlinearity: Literal["relu", "leaky_relu"] = "relu",
+                      linear_std: float | None = 0.01) -> None:
     """Initialise every conv, BatchNorm and linear layer of ``model`` in place, in module order.
 
     Args:

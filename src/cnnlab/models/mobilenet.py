@@ -7,6 +7,7 @@ channel rounding and initialisation follow torchvision, so its checkpoints load 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,7 +151,7 @@ class BneckConfig:
         return cls(adj(cin), k, adj(exp), adj(cout), se, act == "HS", stride)
 
 
-_V3_NORM = dict(norm_eps=0.001, norm_momentum=0.01)
+_V3_NORM: dict[str, Any] = dict(norm_eps=0.001, norm_momentum=0.01)
 
 
 class BneckBlock(nn.Module):
@@ -177,7 +178,7 @@ class BneckBlock(nn.Module):
 
 
 # (in, kernel, expanded, out, SE, activation RE|HS, stride) per bottleneck; last value = classifier width.
-V3_SETTINGS: dict[str, tuple[list[tuple], int]] = {
+V3_SETTINGS: dict[str, tuple[list[tuple[int, int, int, int, bool, str, int]], int]] = {
     "large": ([
         (16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (24, 3, 72, 24, False, "RE", 1),
         (24, 5, 72, 40, True, "RE", 2), (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),

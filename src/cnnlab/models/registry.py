@@ -259,7 +259,7 @@ def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _check_value(key: str, value: Any, hint: Any) -> None:
@@ -361,7 +361,7 @@ def create_model(
     apply_init(model, init)
     if weights is not None:
         load_weights(model, weights)
-    model.cnnlab_name = name  # type: ignore[attr-defined]
+    model.cnnlab_name = name  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
     return model
 
 

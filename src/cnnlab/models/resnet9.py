@@ -7,6 +7,8 @@ seed's indices), so checkpoints saved by the seed's code load with ``strict=True
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -91,7 +93,7 @@ class ResNet9(nn.Sequential):
             raise ValueError(f"downsample_pool must be one of {', '.join(_DOWNSAMPLE_POOLS)}; got {downsample_pool!r}")
         c1, c2, c3 = (max(1, int(c * width)) for c in (64, 128, 256))  # int(): the seed's rounding
 
-        def cb(cin: int, cout: int, **kw) -> nn.Sequential:
+        def cb(cin: int, cout: int, **kw: Any) -> nn.Sequential:
             return conv_bn(cin, cout, bias=bias, bias_scale=bias_scale, **kw)
 
         super().__init__(
@@ -118,11 +120,11 @@ class ResNet9(nn.Sequential):
 
     @property
     def fc(self) -> nn.Linear:
-        return self[9]
+        return cast(nn.Linear, self[9])
 
     @property
     def output_scale(self) -> float:
-        return self[10].scale
+        return cast(Mul, self[10]).scale
 
     def gradcam_layer(self) -> nn.Module:
         return self[6]
