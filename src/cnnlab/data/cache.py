@@ -46,7 +46,7 @@ def load_cached(path: str | os.PathLike) -> ImageDataset:
     """Load a cache entry (tensors only, ``weights_only``): fast, and no code runs from the file.
 
     Raises ``TaggedFileError`` (a ValueError) for a file that is not a ``CACHE_FORMAT`` entry."""
-    d = load_tagged(path, CACHE_FORMAT, what="dataset cache entry")
+    d = load_tagged(Path(path), CACHE_FORMAT, what="dataset cache entry")
     return ImageDataset(
         d["name"], Split(d["train_images"], d["train_labels"]), Split(d["test_images"], d["test_labels"]),
         list(d["classes"]), tuple(d["mean"]), tuple(d["std"]), dict(d["meta"]) | {"cache": str(path)},

@@ -50,6 +50,19 @@ class ConvNormActivation(nn.Sequential):
         self.out_channels = cout
 
 
+class _FeatureTrunk(nn.Module):
+    """A torchvision MobileNet's hook points: ``first_block()`` is the stem (``features[0]``),
+    ``gradcam_layer()`` the last conv block (``features[-1]``)."""
+
+    features: nn.Sequential
+
+    def first_block(self) -> nn.Module:
+        return self.features[0]
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[-1]
+
+
 # ------------------------------------------------------------------------------------------------ V2
 
 
@@ -80,7 +93,7 @@ class InvertedResidual(nn.Module):
 V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_FeatureTrunk):
     """Stem conv 3x3/2 (32 ch), 17 inverted residual blocks, 1x1 conv to 1280, global average pool,
     ``classifier`` = Dropout + Linear. ``first_block()`` = ``features[0]``, ``gradcam_layer()`` = ``features[-1]``."""
 
@@ -102,12 +115,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
         init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
-
-    def first_block(self) -> nn.Module:
-        return self.features[0]
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.features[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -195,7 +202,7 @@ V3_SETTINGS: dict[str, tuple[list[tuple[int, int, int, int, bool, str, int]], in
 }
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(_FeatureTrunk):
     """Stem conv 3x3/2 + Hardswish, bottlenecks, 1x1 conv to 6x the last width, global average pool,
     ``classifier`` = Linear - Hardswish - Dropout - Linear. ``first_block()`` = ``features[0]``."""
 
@@ -227,12 +234,6 @@ class MobileNetV3(nn.Module):
             nn.Linear(last_channel, num_classes),
         )
         init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
-
-    def first_block(self) -> nn.Module:
-        return self.features[0]
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.features[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)

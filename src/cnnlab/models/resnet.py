@@ -68,7 +68,22 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class StemAndStages(nn.Module):
+    """The hook points of a ResNet built as a conv1-bn1-``relu`` stem and stages ``layer1``..``layer4``:
+    ``first_block()`` is the stem's ``relu`` (its output is the stem's conv-BN-ReLU output),
+    ``gradcam_layer()`` the last block of ``layer4``."""
+
+    relu: nn.Module
+    layer4: nn.Sequential
+
+    def first_block(self) -> nn.Module:
+        return self.relu
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.layer4[-1]
+
+
+class ResNet(StemAndStages):
     """conv1 (7x7/2) - bn1 - relu - maxpool, layer1..4 (64/128/256/512 planes), avgpool, fc.
 
     ``first_block()`` is ``relu`` (its output is the stem conv-BN-ReLU output; torchvision uses
@@ -114,12 +129,6 @@ class ResNet(nn.Module):
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
-
-    def first_block(self) -> nn.Module:
-        return self.relu
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.layer4[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

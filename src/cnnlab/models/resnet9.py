@@ -74,20 +74,12 @@ class ResNet9(nn.Sequential):
     9 bias-free linear, 10 output scale.
 
     ``features`` (index 0) is the masking hook point; ``gradcam_layer()`` (index 6) the last conv block.
+    The layout takes every option; :func:`resnet9` gives them their defaults, as torchvision's ``ResNet``
+    and ``resnet18``.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        width: float = 1.0,
-        pooling: str = "max",
-        downsample_pool: str = "max",
-        lse_eps: float = 0.1,
-        output_scale: float = 0.2,
-        bias: bool = False,
-        bias_scale: float = 1.0,
-    ):
+    def __init__(self, num_classes: int, in_channels: int, width: float, pooling: str, downsample_pool: str,
+                 lse_eps: float, output_scale: float, bias: bool, bias_scale: float):
         _check_width(width)
         if downsample_pool not in _DOWNSAMPLE_POOLS:
             raise ValueError(f"downsample_pool must be one of {', '.join(_DOWNSAMPLE_POOLS)}; got {downsample_pool!r}")

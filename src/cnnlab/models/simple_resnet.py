@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.registry import register_model
+from cnnlab.models.resnet import StemAndStages
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -43,7 +44,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class SimpleResNet(nn.Module):
+class SimpleResNet(StemAndStages):
     """Stem conv1-bn1-ReLU (64 channels, stride 1), four stages of ``block`` at 64/128/256/512 (stride 2
     entering stages 2-4), ``avgpool`` to 1x1, ``linear``.
 
@@ -79,12 +80,6 @@ class SimpleResNet(nn.Module):
             layers.append(block(self.in_planes, planes, s))
             self.in_planes = planes * getattr(block, "expansion", 1)
         return nn.Sequential(*layers)
-
-    def first_block(self) -> nn.Module:
-        return self.relu
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.layer4[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
