@@ -89,7 +89,7 @@ def test_info_of_missing_dataset_and_bad_usage(tmp_path):
     res = runner.invoke(app, ["data", "info", "synthetic", "--set", "size"])
     assert res.exit_code == 2 and "key=value" in _text(res)
     res = runner.invoke(app, ["data", "info", "synthetc"])
-    assert res.exit_code == 2 and "Did you mean: synthetic" in _text(res)
+    assert res.exit_code == 2 and "Did you mean 'synthetic'" in _text(res)
     res = runner.invoke(app, ["data", "info", "synthetic", "--set", "bogus=1"])
     assert res.exit_code == 2 and "unknown option(s) bogus" in _text(res)
     bad = tmp_path / "sums.json"

@@ -282,7 +282,7 @@ def test_tensor_file_validation(tmp_path, content, match):
 
 def test_registry_kinds_options_and_stats():
     assert source_info("cifar10").kind == "download" and source_info("synthetic").kind == "procedural"
-    with pytest.raises(KeyError, match="Did you mean: cifar10"):
+    with pytest.raises(KeyError, match="Did you mean 'cifar10'"):
         load_dataset("cifar01")
     with pytest.raises(ValueError, match="unknown option.*sizes.*accepted: n_train"):
         load_dataset("synthetic", sizes=3)

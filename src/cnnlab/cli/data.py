@@ -58,6 +58,12 @@ def _read_checksums(path: Optional[Path]) -> Optional[dict[str, str]]:
     return data
 
 
+def _inputs(root: Optional[Path], option: Optional[list[str]], checksums: Optional[Path]
+            ) -> tuple[Path, dict[str, Any], Optional[dict[str, str]]]:
+    """A command's data folder, ``--set`` options and ``--checksums`` overrides, checked."""
+    return _root(root), _parse_options(option), _read_checksums(checksums)
+
+
 def _message(e: BaseException) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
@@ -122,9 +128,7 @@ def info_cmd(
     from cnnlab.data.dataset import source_info, source_options
     from cnnlab.data.remote import file_status, remote_cache_path
 
-    base = _root(root)
-    opts = _parse_options(option)
-    sums = _read_checksums(checksums)
+    base, opts, sums = _inputs(root, option, checksums)
     with _user_errors():
         info = source_info(name)
         defaults = {k: (None if v is inspect.Parameter.empty else v)
@@ -196,9 +200,7 @@ def download_cmd(
     from cnnlab.data.dataset import source_info
     from cnnlab.data.remote import ensure_files
 
-    base = _root(root)
-    opts = _parse_options(option)
-    sums = _read_checksums(checksums)
+    base, opts, sums = _inputs(root, option, checksums)
     with _user_errors():
         info = source_info(name)
         if info.kind != "download":  # nothing to fetch: succeed, as pip does for a satisfied requirement

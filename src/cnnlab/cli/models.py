@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -65,7 +65,8 @@ def info_cmd(
     if entry.max_resolution and res > entry.max_resolution:
         fail(f"--resolution {res} is above the maximum {entry.max_resolution} for {name!r}")
     info = model_info(model)
-    out = {
+    option_rows = {k: {"type": t, "default": list(d) if isinstance(d, tuple) else d} for k, (t, d) in options.items()}
+    out: dict[str, Any] = {
         "name": name,
         "family": model_family(name),
         "num_classes": num_classes,
@@ -78,11 +79,11 @@ def info_cmd(
         "min_resolution": entry.min_resolution,
         "max_resolution": entry.max_resolution,
         "alias_of": entry.alias_of,
-        "options": {k: {"type": t, "default": list(d) if isinstance(d, tuple) else d} for k, (t, d) in options.items()},
+        "options": option_rows,
     }
     if json_out:
         print_json(out)
     else:
         rows = [(k, v) for k, v in out.items() if k != "options" and v is not None]
-        rows += [(f"option {k}", f"{o['default']!r} ({o['type']})") for k, o in out["options"].items()]
+        rows += [(f"option {k}", f"{o['default']!r} ({o['type']})") for k, o in option_rows.items()]
         print_table(name, ["field", "value"], rows)

@@ -2,7 +2,8 @@
 
 The key hashes the source name, its options and a fingerprint of its source files (for downloaded
 datasets: their expected checksums, which the files were verified against before decoding). Writes are
-atomic, so a killed process never leaves a cache entry that loads as complete.
+atomic, so a killed process never leaves a cache entry that loads as complete. An entry is a format-tagged
+cnnlab torch file (``CACHE_FORMAT``), read back with :func:`cnnlab.utils.tagged.load_tagged`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 
 from cnnlab.data.dataset import ImageDataset, Split
 from cnnlab.utils.io import save_torch_atomic
+from cnnlab.utils.tagged import load_tagged
 
 CACHE_VERSION = 1
+CACHE_FORMAT = f"cnnlab-dataset-cache-v{CACHE_VERSION}"
 
 
 def cache_key(source: str, fingerprint: Mapping[str, Any]) -> str:
@@ -33,7 +35,7 @@ def cache_path(root: str | os.PathLike, source: str, fingerprint: Mapping[str, A
 
 def save_cached(path: str | os.PathLike, ds: ImageDataset) -> None:
     save_torch_atomic(path, {
-        "version": CACHE_VERSION, "name": ds.name, "classes": list(ds.classes),
+        "format": CACHE_FORMAT, "version": CACHE_VERSION, "name": ds.name, "classes": list(ds.classes),
         "mean": list(ds.mean), "std": list(ds.std), "meta": dict(ds.meta),
         "train_images": ds.train.images.contiguous(), "train_labels": ds.train.labels.contiguous(),
         "test_images": ds.test.images.contiguous(), "test_labels": ds.test.labels.contiguous(),
@@ -41,10 +43,10 @@ def save_cached(path: str | os.PathLike, ds: ImageDataset) -> None:
 
 
 def load_cached(path: str | os.PathLike) -> ImageDataset:
-    """Load a cache entry (tensors only, ``weights_only``): fast, and no code runs from the file."""
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(d, dict) or d.get("version") != CACHE_VERSION:
-        raise ValueError(f"{path} is not a cnnlab cache entry of version {CACHE_VERSION}")
+    """Load a cache entry (tensors only, ``weights_only``): fast, and no code runs from the file.
+
+    Raises ``TaggedFileError`` (a ValueError) for a file that is not a ``CACHE_FORMAT`` entry."""
+    d = load_tagged(Path(path), CACHE_FORMAT, what="dataset cache entry")
     return ImageDataset(
         d["name"], Split(d["train_images"], d["train_labels"]), Split(d["test_images"], d["test_labels"]),
         list(d["classes"]), tuple(d["mean"]), tuple(d["std"]), dict(d["meta"]) | {"cache": str(path)},

@@ -76,8 +76,21 @@ class RemoteDataset:
         return out
 
 
-def _idx_files(*pairs: tuple[str, str]) -> tuple[RemoteFile, ...]:
+def _md5_files(*pairs: tuple[str, str]) -> tuple[RemoteFile, ...]:
     return tuple(RemoteFile(name, f"md5:{md5}") for name, md5 in pairs)
+
+
+# The MNIST format's files per split, (images, labels): MNIST and Fashion-MNIST publish the same four names.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _mnist_format(train_images: str, train_labels: str, test_images: str, test_labels: str) -> tuple[RemoteFile, ...]:
+    """The four MNIST-format IDX gzip files with their md5 digests."""
+    names = IDX_FILES["train"] + IDX_FILES["test"]
+    return _md5_files(*zip(names, (train_images, train_labels, test_images, test_labels)))
 
 
 # Official files. MNIST's origin is yann.lecun.com/exdb/mnist; PyTorch's S3 mirror serves the same bytes
@@ -86,45 +99,31 @@ OFFICIAL: dict[str, RemoteDataset] = {
     "mnist": RemoteDataset(
         folder="mnist",
         base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",
-        files=_idx_files(
-            ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-            ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-            ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
-        ),
+        files=_mnist_format("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
         homepage="http://yann.lecun.com/exdb/mnist/",
         note="same files as http://yann.lecun.com/exdb/mnist/ (PyTorch mirror)",
     ),
     "fashion_mnist": RemoteDataset(
         folder="fashion_mnist",
         base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        files=_idx_files(
-            ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-            ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-            ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
-        ),
+        files=_mnist_format("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                            "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
     ),
     "emnist": RemoteDataset(
         folder="emnist",
         base_url="https://biometrics.nist.gov/cs_links/EMNIST/",
-        files=_idx_files(("gzip.zip", "58c8d27c78d21e728a6bc7b3cc06412e")),
+        files=_md5_files(("gzip.zip", "58c8d27c78d21e728a6bc7b3cc06412e")),
         homepage="https://www.nist.gov/itl/products-and-services/emnist-dataset",
         note="one ~560 MB archive holding all six splits as IDX gzip files under gzip/",
     ),
-    "cifar10": RemoteDataset(
-        folder="cifar10",
+    **{f"cifar{n}": RemoteDataset(
+        folder=f"cifar{n}",
         base_url="https://www.cs.toronto.edu/~kriz/",
-        files=_idx_files(("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")),
+        files=_md5_files((f"cifar-{n}-python.tar.gz", md5)),
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-    ),
-    "cifar100": RemoteDataset(
-        folder="cifar100",
-        base_url="https://www.cs.toronto.edu/~kriz/",
-        files=_idx_files(("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")),
-        homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-    ),
+    ) for n, md5 in ((10, "c58f30108f718f92721af3b95e74349a"), (100, "eb9058c3a382ffc7106e4002c42a8d85"))},
 }
 
 

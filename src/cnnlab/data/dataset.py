@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from cnnlab.utils.registry import Registry
 
 
 @dataclass
@@ -106,34 +107,36 @@ class SourceInfo:
     description: str
 
 
-_SOURCES: dict[str, SourceInfo] = {}
+_SOURCES: Registry[SourceInfo] = Registry("dataset", error=KeyError, hint="`cnnlab data list` describes them.")
 
 
 def register_source(name: str, *, kind: str = "embedded", description: str | None = None) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(root: Path, download: bool, **options) -> ImageDataset``."""
+    """Decorator: register ``loader(root: Path, download: bool, **options) -> ImageDataset``.
+
+    Args:
+        name (str): The dataset name ``load_dataset`` and ``data.name`` take.
+        kind (str, optional): How its data is obtained, one of ``SOURCE_KINDS``. Default: "embedded".
+        description (str, optional): One line for ``cnnlab data list``. Default: the loader's docstring's
+            first line.
+    """
     if kind not in SOURCE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
 
     def deco(fn: Loader) -> Loader:
-        if name in _SOURCES:
-            raise ValueError(f"dataset source {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _SOURCES[name] = SourceInfo(name, fn, kind, description or (doc[0] if doc else ""))
+        _SOURCES.register(name, SourceInfo(name, fn, kind, description or (doc[0] if doc else "")))
         return fn
 
     return deco
 
 
 def source_info(name: str) -> SourceInfo:
-    """The registration of ``name``; unknown names list close matches."""
-    if name not in _SOURCES:
-        close = difflib.get_close_matches(name, list(_SOURCES), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r}.{hint} Available: {', '.join(list_datasets())}")
-    return _SOURCES[name]
+    """The registration of ``name``; an unknown name raises KeyError naming the closest ones."""
+    return _SOURCES.get(name)
 
 
 def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
     return sorted(_SOURCES)
 
 

@@ -97,7 +97,7 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     last_error = ""
-    for attempt in range(retries + 1):
+    for _attempt in range(retries + 1):
         try:
             _transfer(url, part, timeout, chunk, progress)
             break

@@ -13,8 +13,8 @@ import numpy as np
 
 from cnnlab.data.errors import CorruptFileError
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 def gunzip(data: bytes, what: str) -> bytes:
@@ -33,7 +33,7 @@ def parse_idx(data: bytes, what: str) -> np.ndarray:
     if len(data) < header:
         raise CorruptFileError(f"{what}: IDX header truncated")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dtype = _IDX_DTYPES[data[2]]
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != need:
         raise CorruptFileError(f"{what}: IDX header says {shape} ({need:,} bytes of data) but the file has "

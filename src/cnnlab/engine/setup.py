@@ -22,7 +22,7 @@ from cnnlab.engine.optim import (FunctionalOptimizer, TorchOptimizerStep, build_
                                  require_functional)
 from cnnlab.engine.schedules import Schedule
 from cnnlab.engine.step import StepSettings, TrainState
-from cnnlab.models import create_deterministic_model
+from cnnlab.models import InitFromData, create_deterministic_model
 from cnnlab.models.registry import get_entry
 from cnnlab.utils.seeding import derive_seed
 
@@ -224,8 +224,8 @@ def build_run(
         if config.model.weights is None:
             raise
         raise ConfigError(f"model.weights: {e}") from None
-    if hasattr(model, "init_whitening") and config.model.weights is None:  # airbench: whitening from training patches
-        model.init_whitening(_whitening_batch(dataset, in_channels, resolution))
+    if isinstance(model, InitFromData) and config.model.weights is None:  # the model's own data-dependent init
+        model.init_from_data(_init_batch(dataset, in_channels, resolution))
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -321,8 +321,9 @@ def make_schedule(config: RunConfig, steps_per_epoch: int) -> Schedule:
                     warmup_steps=int(math.ceil(s.warmup_epochs * steps_per_epoch)), options=options)
 
 
-def _whitening_batch(dataset: ImageDataset, in_channels: int, resolution: int, n: int = 5000) -> Tensor:
-    """Normalised training images (no augmentation) to initialise a whitening layer from."""
+def _init_batch(dataset: ImageDataset, in_channels: int, resolution: int, n: int = 5000) -> Tensor:
+    """The first ``n`` training images, normalised, at the served channels and size, not augmented: the
+    batch a model's ``init_from_data`` hook gets (airbench whitens its first layer from it)."""
     images = dataset.train.images[:n]
     aug = Augment(dataset.mean if in_channels == dataset.in_channels else converted_stats(images, channels=in_channels)[0],
                   dataset.std if in_channels == dataset.in_channels else converted_stats(images, channels=in_channels)[1],

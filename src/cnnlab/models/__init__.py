@@ -14,6 +14,7 @@ from cnnlab.models import (  # noqa: F401  (importing a family module registers 
     vgg,
 )
 from cnnlab.models.compat import get_model_info, get_target_layer_for_gradcam, register_seed_aliases
+from cnnlab.models.hooks import InitFromData
 from cnnlab.models.pooling import LogSumExpPool2d
 from cnnlab.models.registry import (
     ModelInfo,
@@ -36,6 +37,7 @@ from cnnlab.models.registry import (
 register_seed_aliases()
 
 __all__ = [
+    "InitFromData",
     "LogSumExpPool2d",
     "ModelInfo",
     "UnknownModelError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,8 +52,8 @@ class AirBench94(nn.Module):
     bias-free linear head scaled by ``scale``.
 
     ``features`` is the whitening conv + GELU, the net's first block and the masking hook point
-    (airbench has no BN there); ``block3`` is the last conv block. Call ``init_whitening(train_images)``
-    before training: until then the whitening filters are random.
+    (airbench has no BN there); ``block3`` is the last conv block. The whitening filters are random until
+    ``init_from_data(train_images)`` (the engine calls it before training) or ``init_whitening`` sets them.
     """
 
     def __init__(
@@ -66,26 +68,26 @@ class AirBench94(nn.Module):
         bn_eps: float = 1e-12,
     ):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"widths must be three positive ints, got {widths!r}")
+        ws = tuple(int(w) for w in widths)
+        if len(ws) != 3 or min(ws) < 1:
+            raise ValueError(f"widths must be three positive ints, got {ws!r}")
         if not 0 <= bn_momentum <= 1:
             raise ValueError(f"bn_momentum must be in [0, 1] (PyTorch convention), got {bn_momentum!r}")
         whiten_width = 2 * in_channels * WHITEN_KERNEL**2
         whiten = nn.Conv2d(in_channels, whiten_width, WHITEN_KERNEL, padding=0, bias=True)
         whiten.weight.requires_grad_(False)
         self.features = nn.Sequential(whiten, nn.GELU())
-        opts = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, freeze_bn_weights=freeze_bn_weights, dirac=dirac_init)
-        self.block1 = ConvGroup(whiten_width, widths[0], **opts)
-        self.block2 = ConvGroup(widths[0], widths[1], **opts)
-        self.block3 = ConvGroup(widths[1], widths[2], **opts)
+        opts: dict[str, Any] = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, freeze_bn_weights=freeze_bn_weights, dirac=dirac_init)
+        self.block1 = ConvGroup(whiten_width, ws[0], **opts)
+        self.block2 = ConvGroup(ws[0], ws[1], **opts)
+        self.block3 = ConvGroup(ws[1], ws[2], **opts)
         self.pool = nn.AdaptiveMaxPool2d(1)  # = airbench's MaxPool2d(3) at 32x32, and works at any size
-        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.head = nn.Linear(ws[2], num_classes, bias=False)
         self.scale = float(scale)
 
     @property
     def whiten(self) -> nn.Conv2d:
-        return self.features[0]
+        return cast(nn.Conv2d, self.features[0])
 
     def gradcam_layer(self) -> nn.Module:
         return self.block3
@@ -123,21 +125,15 @@ class AirBench94(nn.Module):
         conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
         return eigvals.to(images.dtype)
 
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """The :class:`~cnnlab.models.hooks.InitFromData` hook: set the whitening filters from ``images``
+        (normalised training images, N x C x H x W) with :meth:`init_whitening`'s defaults."""
+        self.init_whitening(images)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.features(x))))
         return self.head(self.pool(x).flatten(1)) * self.scale
 
 
-@register_model("airbench94", family="airbench", min_resolution=9,
-                description="airbench94: whitening + 3 GELU conv groups 64/256/256, frozen BN scales (~1.97M)")
-def airbench94(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    widths: tuple[int, int, int] = (64, 256, 256),
-    scale: float = 1 / 9,
-    freeze_bn_weights: bool = True,
-    dirac_init: bool = True,
-    bn_momentum: float = 0.4,
-    bn_eps: float = 1e-12,
-) -> AirBench94:
-    return AirBench94(num_classes, in_channels, tuple(widths), scale, freeze_bn_weights, dirac_init, bn_momentum, bn_eps)
+register_model("airbench94", family="airbench", min_resolution=9,
+               description="airbench94: whitening + 3 GELU conv groups 64/256/256, frozen BN scales (~1.97M)")(AirBench94)

@@ -9,10 +9,13 @@ Dropout before the linear head. Module names are the seed's (``features``, ``lay
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.models.init import init_cnn_weights_
 from cnnlab.models.registry import register_model
 
 _SHORTCUTS = ("A", "B")
@@ -104,17 +107,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         linear = nn.Linear(64, num_classes)
         self.classifier = nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear
-        for m in self.modules():  # the seed's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_weights_(self)  # the seed's initialisation
 
     def _make_layer(self, planes: int, n: int, stride: int, batchnorm: bool, shortcut: str) -> nn.Sequential:
         blocks = []
@@ -125,7 +118,7 @@ class CifarResNet(nn.Module):
 
     @property
     def fc(self) -> nn.Linear:
-        return self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
+        return cast(nn.Linear, self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier)
 
     @property
     def dropout(self) -> nn.Module:
@@ -139,19 +132,7 @@ class CifarResNet(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
-_FAMILY = "cifar_resnet"
-
-
-def _register(depth: int, approx: str) -> None:
-    @register_model(f"resnet{depth}", family=_FAMILY, min_resolution=4,
-                    description=f"seed 001's CIFAR ResNet-{depth}: option-B projection shortcuts ({approx}); shortcut='A' for He et al.'s")
-    def factory(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0,
-                shortcut: str = "B") -> CifarResNet:
-        return CifarResNet(depth, num_classes, in_channels, batchnorm, dropout, shortcut)
-
-    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
-    globals()[f"resnet{depth}"] = factory
-
-
 for _depth, _approx in ((20, "0.27M"), (32, "0.47M"), (44, "0.66M"), (56, "0.86M"), (110, "1.7M")):
-    _register(_depth, _approx)
+    register_model(f"resnet{_depth}", family="cifar_resnet", min_resolution=4, model_args=dict(depth=_depth),
+                   description=f"seed 001's CIFAR ResNet-{_depth}: option-B projection shortcuts ({_approx}); "
+                               "shortcut='A' for He et al.'s")(CifarResNet)

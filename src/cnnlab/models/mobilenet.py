@@ -7,10 +7,12 @@ channel rounding and initialisation follow torchvision, so its checkpoints load 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from cnnlab.models.init import init_cnn_weights_
 from cnnlab.models.registry import register_model
 
 
@@ -48,19 +50,17 @@ class ConvNormActivation(nn.Sequential):
         self.out_channels = cout
 
 
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's MobileNet initialisation."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+class _FeatureTrunk(nn.Module):
+    """A torchvision MobileNet's hook points: ``first_block()`` is the stem (``features[0]``),
+    ``gradcam_layer()`` the last conv block (``features[-1]``)."""
+
+    features: nn.Sequential
+
+    def first_block(self) -> nn.Module:
+        return self.features[0]
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[-1]
 
 
 # ------------------------------------------------------------------------------------------------ V2
@@ -93,7 +93,7 @@ class InvertedResidual(nn.Module):
 V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_FeatureTrunk):
     """Stem conv 3x3/2 (32 ch), 17 inverted residual blocks, 1x1 conv to 1280, global average pool,
     ``classifier`` = Dropout + Linear. ``first_block()`` = ``features[0]``, ``gradcam_layer()`` = ``features[-1]``."""
 
@@ -114,13 +114,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvNormActivation(cin, self.last_channel, kernel_size=1, activation=nn.ReLU6))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
-        _init_weights(self)
-
-    def first_block(self) -> nn.Module:
-        return self.features[0]
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.features[-1]
+        init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -164,7 +158,7 @@ class BneckConfig:
         return cls(adj(cin), k, adj(exp), adj(cout), se, act == "HS", stride)
 
 
-_V3_NORM = dict(norm_eps=0.001, norm_momentum=0.01)
+_V3_NORM: dict[str, Any] = dict(norm_eps=0.001, norm_momentum=0.01)
 
 
 class BneckBlock(nn.Module):
@@ -191,7 +185,7 @@ class BneckBlock(nn.Module):
 
 
 # (in, kernel, expanded, out, SE, activation RE|HS, stride) per bottleneck; last value = classifier width.
-V3_SETTINGS: dict[str, tuple[list[tuple], int]] = {
+V3_SETTINGS: dict[str, tuple[list[tuple[int, int, int, int, bool, str, int]], int]] = {
     "large": ([
         (16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (24, 3, 72, 24, False, "RE", 1),
         (24, 5, 72, 40, True, "RE", 2), (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),
@@ -208,7 +202,7 @@ V3_SETTINGS: dict[str, tuple[list[tuple], int]] = {
 }
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(_FeatureTrunk):
     """Stem conv 3x3/2 + Hardswish, bottlenecks, 1x1 conv to 6x the last width, global average pool,
     ``classifier`` = Linear - Hardswish - Dropout - Linear. ``first_block()`` = ``features[0]``."""
 
@@ -239,13 +233,7 @@ class MobileNetV3(nn.Module):
             nn.Dropout(p=dropout, inplace=True),
             nn.Linear(last_channel, num_classes),
         )
-        _init_weights(self)
-
-    def first_block(self) -> nn.Module:
-        return self.features[0]
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.features[-1]
+        init_cnn_weights_(self, nonlinearity="leaky_relu")  # torchvision's (kaiming_normal_'s default)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
@@ -253,24 +241,9 @@ class MobileNetV3(nn.Module):
 
 
 _FAMILY = "mobilenet"
-
-
-@register_model("mobilenet_v2", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2 (width_mult option)")
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v2_075", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2, width 0.75",
-                width_mult=0.75)
-def mobilenet_v2_075(num_classes: int = 10, in_channels: int = 3, width_mult: float = 0.75, dropout: float = 0.2) -> MobileNetV2:
-    return MobileNetV2(num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v3_small", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV3-Small")
-def mobilenet_v3_small(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3("small", num_classes, in_channels, width_mult, dropout)
-
-
-@register_model("mobilenet_v3_large", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV3-Large")
-def mobilenet_v3_large(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV3:
-    return MobileNetV3("large", num_classes, in_channels, width_mult, dropout)
+register_model("mobilenet_v2", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2 (width_mult option)")(MobileNetV2)
+register_model("mobilenet_v2_075", family=_FAMILY, min_resolution=32, description="torchvision MobileNetV2, width 0.75",
+               width_mult=0.75)(MobileNetV2)
+for _arch in ("small", "large"):
+    register_model(f"mobilenet_v3_{_arch}", family=_FAMILY, min_resolution=32, model_args=dict(arch=_arch),
+                   description=f"torchvision MobileNetV3-{_arch.capitalize()}")(MobileNetV3)

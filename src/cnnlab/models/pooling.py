@@ -52,7 +52,7 @@ class LogSumExpPool2d(nn.Module):
             return log_mean_exp_pool(x.flatten(2), self.eps, 2)[..., None, None]
         if self.padding:
             x = F.pad(x, (self.padding,) * 4)
-        k, s = self.kernel_size, self.stride
+        k, s = self.kernel_size, self.stride if self.stride is not None else self.kernel_size
         windows = x.unfold(2, k, s).unfold(3, k, s).flatten(-2)  # (N, C, Ho, Wo, k*k)
         return log_mean_exp_pool(windows, self.eps, -1)
 

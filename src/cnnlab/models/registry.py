@@ -23,11 +23,19 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from cnnlab.utils.registry import Registry
 from cnnlab.utils.seeding import derive_seed, fork_rng_seeded
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """One registered name: the builder it calls and what the name fixes.
+
+    ``model_args`` are the architecture the name stands for (``depth=20``, ``block=BasicBlock``): passed to
+    ``factory`` on every build and not options a caller may set. ``defaults`` are options baked into the
+    variant (a caller may override them).
+    """
+
     name: str
     factory: Callable[..., nn.Module]
     family: str
@@ -38,10 +46,7 @@ class ModelEntry:
     max_resolution: int | None = None  # largest input size the model takes (None: any)
     resolution: int | None = None  # the input size a name implies (seed 003's ``*_224`` names), if any
     alias_of: str | None = None  # the registered name an alias stands for
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-ENTRY_POINT_GROUP = "cnnlab.models"
+    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 class UnknownModelError(KeyError):
@@ -49,6 +54,11 @@ class UnknownModelError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
+
+
+_REGISTRY: Registry[ModelEntry] = Registry("model", error=UnknownModelError,
+                                           hint="Run `cnnlab models list` to see all models.")
+ENTRY_POINT_GROUP = "cnnlab.models"
 
 
 def register_model(
@@ -59,24 +69,41 @@ def register_model(
     description: str = "",
     in_channels: int = 3,
     max_resolution: int | None = None,
+    model_args: dict[str, Any] | None = None,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``factory(num_classes, in_channels, **options)`` under ``name``.
+    """Decorator: register ``factory(num_classes, in_channels, **model_args, **options)`` under ``name``.
 
-    ``defaults`` are options baked into this named variant (e.g. ``resnet9_paper`` = ``resnet9``
-    with ``width=2.5``); a caller may still override them. ``in_channels`` is the variant's default
-    input channels, used when ``create_model`` is not given any.
+    Args:
+        name (str): The model name ``create_model`` takes.
+        family (str): The family it belongs to (``cnnlab models list`` groups by it).
+        min_resolution (int, optional): Smallest input side the model takes. Default: 8.
+        description (str, optional): One line for ``cnnlab models list``. Default: "".
+        in_channels (int, optional): Input channels used when ``create_model`` is not given any. Default: 3.
+        max_resolution (int, optional): Largest input side, None for any. Default: None.
+        model_args (dict, optional): Arguments of ``factory`` this name fixes, as timm's
+            ``model_args = dict(block=BasicBlock, layers=[2, 2, 2, 2])``; they are not options. Default: none.
+        **defaults: Options baked into this named variant (``resnet9_paper`` = ``resnet9`` with
+            ``width=2.5``, ...); a caller may still override them.
+
+    The factory (a function or an ``nn.Module`` class) is returned unchanged, so one builder may be
+    registered under several names.
     """
+    fixed = dict(model_args or {})
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        accepted = _accepted_options(factory)
+        params = _parameter_names(factory)
+        missing = [k for k in fixed if params is not None and k not in params]
+        if missing:
+            raise ValueError(f"model {name!r}: model_args {missing} are not parameters of {_factory_name(factory)}")
+        accepted = _accepted_options(factory, fixed)
         unknown = [k for k in defaults if accepted is not None and k not in accepted]
         if unknown:
-            raise ValueError(f"model {name!r}: default option(s) {unknown} are not parameters of {factory.__name__}")
-        _REGISTRY[name] = ModelEntry(name, factory, family, dict(defaults), min_resolution, description, in_channels,
-                                     max_resolution)
+            raise ValueError(f"model {name!r}: default option(s) {unknown} are not parameters of {_factory_name(factory)}")
+        _REGISTRY.register(name, ModelEntry(name, factory, family, dict(defaults), min_resolution, description,
+                                            in_channels, max_resolution, model_args=fixed))
         return factory
 
     return deco
@@ -91,14 +118,18 @@ def register_alias(alias: str, target: str, *, resolution: int | None = None, de
     if alias in _REGISTRY:
         raise ValueError(f"model {alias!r} is registered twice")
     base = get_entry(target)
-    accepted = _accepted_options(base.factory)
+    accepted = _accepted_options(base.factory, base.model_args)
     unknown = [k for k in defaults if accepted is not None and k not in accepted]
     if unknown:
         raise ValueError(f"alias {alias!r}: option(s) {unknown} are not options of {target!r}")
-    _REGISTRY[alias] = ModelEntry(
+    _REGISTRY.register(alias, ModelEntry(
         alias, base.factory, base.family, {**base.defaults, **defaults}, base.min_resolution,
         description or f"alias of {target}" + (f" at {resolution} px" if resolution else ""), base.in_channels,
-        base.max_resolution, resolution, base.alias_of or target)
+        base.max_resolution, resolution, base.alias_of or target, base.model_args))
+
+
+def _factory_name(factory: Callable[..., Any]) -> str:
+    return getattr(factory, "__name__", type(factory).__name__)
 
 
 def _import_factory(name: str) -> ModelEntry:
@@ -140,7 +171,7 @@ def entry_point_names() -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     """The entry of a registered name or alias, an import path ``pkg.mod:factory``, or an entry point."""
     if name in _REGISTRY:
-        return _REGISTRY[name]
+        return _REGISTRY.get(name)
     if ":" in name:
         return _import_factory(name)
     found = _entry_point(name)
@@ -180,15 +211,25 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
     return name in sig.parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _accepted_options(factory: Callable[..., nn.Module]) -> list[str] | None:
+def _parameter_names(factory: Callable[..., Any]) -> list[str] | None:
+    """Names ``factory`` takes by keyword; None when it takes ``**kwargs`` (or has no signature)."""
     sig = _signature(factory)
     if sig is None:
         return None
     params = sig.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name not in ("num_classes", "in_channels")
-            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
+    return [p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
+
+
+def _accepted_options(factory: Callable[..., nn.Module], model_args: dict[str, Any] | None = None) -> list[str] | None:
+    """The options a caller may set: the factory's keyword parameters less num_classes, in_channels and
+    the ``model_args`` a registered name fixes."""
+    names = _parameter_names(factory)
+    if names is None:
+        return None
+    fixed = model_args or {}
+    return [n for n in names if n not in ("num_classes", "in_channels") and n not in fixed]
 
 
 def model_options(name: str) -> dict[str, tuple[str, Any]]:
@@ -200,7 +241,8 @@ def model_options(name: str) -> dict[str, tuple[str, Any]]:
     hints = _type_hints(entry.factory)
     out = {}
     for p in sig.parameters.values():
-        if p.name in ("num_classes", "in_channels") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+        if p.name in ("num_classes", "in_channels") or p.name in entry.model_args \
+                or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
             continue
         default = entry.defaults.get(p.name, None if p.default is p.empty else p.default)
         hint = hints.get(p.name)
@@ -217,7 +259,7 @@ def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def _check_value(key: str, value: Any, hint: Any) -> None:
@@ -274,7 +316,7 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     from cnnlab.models.compat import translate_options
 
     entry = get_entry(name)
-    accepted = _accepted_options(entry.factory)
+    accepted = _accepted_options(entry.factory, entry.model_args)
     options = translate_options(options, accepted)
     if accepted is not None:
         bad = [k for k in options if k not in accepted]
@@ -310,7 +352,7 @@ def create_model(
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
     options = check_options(name, options)
-    kwargs = {**entry.defaults, **options}
+    kwargs = {**entry.model_args, **entry.defaults, **options}
     if in_channels is not None and _accepts(entry.factory, "in_channels"):
         kwargs["in_channels"] = in_channels
     model = entry.factory(num_classes=num_classes, **kwargs)
@@ -319,7 +361,7 @@ def create_model(
     apply_init(model, init)
     if weights is not None:
         load_weights(model, weights)
-    model.cnnlab_name = name  # type: ignore[attr-defined]
+    model.cnnlab_name = name  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
     return model
 
 

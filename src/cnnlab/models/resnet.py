@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlab.models.init import init_cnn_weights_
 from cnnlab.models.registry import register_model
 
 
@@ -67,7 +68,22 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class StemAndStages(nn.Module):
+    """The hook points of a ResNet built as a conv1-bn1-``relu`` stem and stages ``layer1``..``layer4``:
+    ``first_block()`` is the stem's ``relu`` (its output is the stem's conv-BN-ReLU output),
+    ``gradcam_layer()`` the last block of ``layer4``."""
+
+    relu: nn.Module
+    layer4: nn.Sequential
+
+    def first_block(self) -> nn.Module:
+        return self.relu
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.layer4[-1]
+
+
+class ResNet(StemAndStages):
     """conv1 (7x7/2) - bn1 - relu - maxpool, layer1..4 (64/128/256/512 planes), avgpool, fc.
 
     ``first_block()`` is ``relu`` (its output is the stem conv-BN-ReLU output; torchvision uses
@@ -95,12 +111,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn_weights_(self, linear_std=None)  # torchvision's: the linear head keeps PyTorch's init
         if zero_init_residual:  # each residual branch starts as zero, so every block starts as identity
             for m in self.modules():
                 if isinstance(m, Bottleneck):
@@ -119,36 +130,19 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def first_block(self) -> nn.Module:
-        return self.relu
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.layer4[-1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-_FAMILY = "resnet"
-
-
-@register_model("resnet18", family=_FAMILY, min_resolution=32, description="torchvision ResNet-18 (BasicBlock 2-2-2-2)")
-def resnet18(num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, zero_init_residual)
-
-
-@register_model("resnet34", family=_FAMILY, min_resolution=32, description="torchvision ResNet-34 (BasicBlock 3-4-6-3)")
-def resnet34(num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, zero_init_residual)
-
-
-@register_model("resnet50", family=_FAMILY, min_resolution=32, description="torchvision ResNet-50 (Bottleneck 3-4-6-3)")
-def resnet50(num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, zero_init_residual)
-
-
-@register_model("resnet101", family=_FAMILY, min_resolution=32, description="torchvision ResNet-101 (Bottleneck 3-4-23-3)")
-def resnet101(num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, zero_init_residual)
+# name -> (block, blocks per stage), torchvision's ResNet variants.
+VARIANTS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+}
+for _name, (_block, _layers) in VARIANTS.items():
+    register_model(_name, family="resnet", min_resolution=32, model_args=dict(block=_block, layers=_layers),
+                   description=f"torchvision ResNet-{_name[6:]} ({_block.__name__} {'-'.join(map(str, _layers))})")(ResNet)

@@ -7,6 +7,8 @@ seed's indices), so checkpoints saved by the seed's code load with ``strict=True
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -72,26 +74,18 @@ class ResNet9(nn.Sequential):
     9 bias-free linear, 10 output scale.
 
     ``features`` (index 0) is the masking hook point; ``gradcam_layer()`` (index 6) the last conv block.
+    The layout takes every option; :func:`resnet9` gives them their defaults, as torchvision's ``ResNet``
+    and ``resnet18``.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        width: float = 1.0,
-        pooling: str = "max",
-        downsample_pool: str = "max",
-        lse_eps: float = 0.1,
-        output_scale: float = 0.2,
-        bias: bool = False,
-        bias_scale: float = 1.0,
-    ):
+    def __init__(self, num_classes: int, in_channels: int, width: float, pooling: str, downsample_pool: str,
+                 lse_eps: float, output_scale: float, bias: bool, bias_scale: float):
         _check_width(width)
         if downsample_pool not in _DOWNSAMPLE_POOLS:
             raise ValueError(f"downsample_pool must be one of {', '.join(_DOWNSAMPLE_POOLS)}; got {downsample_pool!r}")
         c1, c2, c3 = (max(1, int(c * width)) for c in (64, 128, 256))  # int(): the seed's rounding
 
-        def cb(cin: int, cout: int, **kw) -> nn.Sequential:
+        def cb(cin: int, cout: int, **kw: Any) -> nn.Sequential:
             return conv_bn(cin, cout, bias=bias, bias_scale=bias_scale, **kw)
 
         super().__init__(
@@ -118,11 +112,11 @@ class ResNet9(nn.Sequential):
 
     @property
     def fc(self) -> nn.Linear:
-        return self[9]
+        return cast(nn.Linear, self[9])
 
     @property
     def output_scale(self) -> float:
-        return self[10].scale
+        return cast(Mul, self[10]).scale
 
     def gradcam_layer(self) -> nn.Module:
         return self[6]
@@ -211,8 +205,6 @@ class Airbench94Adapted(nn.Sequential):
 _MIN_RES = 11
 
 
-@register_model("resnet9", family="resnet9", min_resolution=_MIN_RES,
-                description="the seed's construct_rn9 (ffcv/TRAK rn9): max pooling, output x0.2")
 def resnet9(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -224,37 +216,31 @@ def resnet9(
     bias: bool = False,
     bias_scale: float = 1.0,
 ) -> ResNet9:
+    """The rn9 builder every ResNet-9 variant name calls (they differ only in these options).
+
+    Args:
+        num_classes (int, optional): Classes of the linear head. Default: 10.
+        in_channels (int, optional): Input channels. Default: 3.
+        width (float, optional): Channel multiplier of the 64/128/256 widths (``int()`` rounding). Default: 1.0.
+        pooling (str, optional): Global pool: max, avg or lse. Default: "max".
+        downsample_pool (str, optional): The 2x2 downsampling pool: max or lse. Default: "max".
+        lse_eps (float, optional): Temperature of the LSE pools. Default: 0.1.
+        output_scale (float, optional): Factor on the logits. Default: 0.2.
+        bias (bool, optional): Conv biases (zero-initialised). Default: False.
+        bias_scale (float, optional): Factor on the initial conv biases (as the seed). Default: 1.0.
+    """
     return ResNet9(num_classes, in_channels, width, pooling, downsample_pool, lse_eps, output_scale, bias, bias_scale)
 
 
-@register_model("resnet9_paper", family="resnet9", min_resolution=_MIN_RES,
-                description="the seed's construct_resnet9_paper: rn9 x2.5, conv biases, LSE pool k2 (eps 0.1), "
-                            "global average pool, output x0.04 (14.2M)")
-def resnet9_paper(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: float = 2.5,
-    pooling: str = "avg",
-    downsample_pool: str = "lse",
-    lse_eps: float = 0.1,
-    output_scale: float = 0.04,
-    bias: bool = True,
-    bias_scale: float = 1.0,
-) -> ResNet9:
-    return ResNet9(num_classes, in_channels, width, pooling, downsample_pool, lse_eps, output_scale, bias, bias_scale)
-
-
-@register_model("resnet9_table", family="resnet9", min_resolution=8,
-                description="the seed's ResNet9TableArch: 4 BasicBlock stages 160-1280, global LSE pool, "
-                            "biased head x0.04 (30.6M)")
-def resnet9_table(num_classes: int = 10, in_channels: int = 3, width: float = 2.5, lse_eps: float = 0.1,
-                  output_scale: float = 0.04) -> ResNet9Table:
-    return ResNet9Table(num_classes, in_channels, width, lse_eps, output_scale)
-
-
-@register_model("airbench94_adapted", family="resnet9", min_resolution=25, max_resolution=48,
-                description="the seed's make_airbench94_adapted: airbench94 x2.5, LSE pooling, GELU, no whitening "
-                            "(12.3M; 25-48 px)")
-def airbench94_adapted(num_classes: int = 10, in_channels: int = 3, width: float = 2.5, lse_eps: float = 0.1,
-                       output_scale: float = 0.04) -> Airbench94Adapted:
-    return Airbench94Adapted(num_classes, in_channels, width, lse_eps, output_scale)
+register_model("resnet9", family="resnet9", min_resolution=_MIN_RES,
+               description="the seed's construct_rn9 (ffcv/TRAK rn9): max pooling, output x0.2")(resnet9)
+register_model("resnet9_paper", family="resnet9", min_resolution=_MIN_RES,
+               width=2.5, pooling="avg", downsample_pool="lse", output_scale=0.04, bias=True,
+               description="the seed's construct_resnet9_paper: rn9 x2.5, conv biases, LSE pool k2 (eps 0.1), "
+                           "global average pool, output x0.04 (14.2M)")(resnet9)
+register_model("resnet9_table", family="resnet9", min_resolution=8,
+               description="the seed's ResNet9TableArch: 4 BasicBlock stages 160-1280, global LSE pool, "
+                           "biased head x0.04 (30.6M)")(ResNet9Table)
+register_model("airbench94_adapted", family="resnet9", min_resolution=25, max_resolution=48,
+               description="the seed's make_airbench94_adapted: airbench94 x2.5, LSE pooling, GELU, no whitening "
+                           "(12.3M; 25-48 px)")(Airbench94Adapted)

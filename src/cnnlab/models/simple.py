@@ -61,6 +61,7 @@ class SmallCNN(nn.Module):
             raise ValueError(f"head_pool must be a positive integer, got {head_pool!r}")
         if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of positive integers (channels per stage), got {list(widths)!r}")
+        widths = tuple(widths)
         act = _ACTS[activation]
         self.features = conv_bn_act(in_channels, widths[0], batchnorm=batchnorm, act=act)
         stages: list[nn.Module] = []
@@ -79,29 +80,6 @@ class SmallCNN(nn.Module):
         return self.fc(self.dropout(self.pool(x).flatten(1)))
 
 
-@register_model("tiny_cnn", family="small_cnn", min_resolution=4, description="3-stage 16/32/64 CNN (~24k params)")
-def tiny_cnn(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    widths: tuple[int, ...] = (16, 32, 64),
-    batchnorm: bool = True,
-    activation: str = "relu",
-    pool: str = "max",
-    dropout: float = 0.0,
-    head_pool: int = 1,
-) -> SmallCNN:
-    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout, head_pool)
-
-
-@register_model("simple_cnn", family="small_cnn", min_resolution=8, description="4-stage 32..256 CNN (~390k params)")
-def simple_cnn(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    widths: tuple[int, ...] = (32, 64, 128, 256),
-    batchnorm: bool = True,
-    activation: str = "relu",
-    pool: str = "max",
-    dropout: float = 0.0,
-    head_pool: int = 1,
-) -> SmallCNN:
-    return SmallCNN(num_classes, in_channels, tuple(widths), batchnorm, activation, pool, dropout, head_pool)
+register_model("tiny_cnn", family="small_cnn", min_resolution=4, description="3-stage 16/32/64 CNN (~24k params)")(SmallCNN)
+register_model("simple_cnn", family="small_cnn", min_resolution=8, description="4-stage 32..256 CNN (~390k params)",
+               widths=(32, 64, 128, 256))(SmallCNN)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.registry import register_model
+from cnnlab.models.resnet import StemAndStages
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -43,7 +44,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class SimpleResNet(nn.Module):
+class SimpleResNet(StemAndStages):
     """Stem conv1-bn1-ReLU (64 channels, stride 1), four stages of ``block`` at 64/128/256/512 (stride 2
     entering stages 2-4), ``avgpool`` to 1x1, ``linear``.
 
@@ -80,26 +81,20 @@ class SimpleResNet(nn.Module):
             self.in_planes = planes * getattr(block, "expansion", 1)
         return nn.Sequential(*layers)
 
-    def first_block(self) -> nn.Module:
-        return self.relu
-
-    def gradcam_layer(self) -> nn.Module:
-        return self.layer4[-1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.linear(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model("simple_resnet", family="simple_resnet", min_resolution=8,
-                description="SimpleResNet (seed 004) BasicBlock 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)")
 def simple_resnet(num_classes: int = 10, in_channels: int = 3, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> SimpleResNet:
+    """SimpleResNet with cnnlab's option name: ``blocks`` (blocks per stage) is the seed's ``num_blocks_per_stage``."""
     return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)
 
 
-@register_model("resnet4stage", family="simple_resnet", min_resolution=8, in_channels=1,
-                description="the seed's ResNet4StageCustom: SimpleResNet [1,1,1,1], 1 input channel (EMNIST, 4.9M)",
-                blocks=(1, 1, 1, 1))
-def resnet4stage(num_classes: int = 10, in_channels: int = 1, blocks: tuple[int, ...] = (1, 1, 1, 1)) -> SimpleResNet:
-    return SimpleResNet(BasicBlock, tuple(blocks), num_classes, in_channels)
+register_model("simple_resnet", family="simple_resnet", min_resolution=8,
+               description="SimpleResNet (seed 004) BasicBlock 64-512, 3x3 stem, no max pool; option blocks (default 2-2-2-2)"
+               )(simple_resnet)
+register_model("resnet4stage", family="simple_resnet", min_resolution=8, in_channels=1, blocks=(1, 1, 1, 1),
+               description="the seed's ResNet4StageCustom: SimpleResNet [1,1,1,1], 1 input channel (EMNIST, 4.9M)"
+               )(simple_resnet)

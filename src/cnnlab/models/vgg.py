@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlab.models.init import init_cnn_weights_
 from cnnlab.models.registry import register_model
 
 # Conv widths per configuration; "M" = 2x2 max pooling (Simonyan & Zisserman, configurations A, B, D).
@@ -63,23 +64,9 @@ class CifarVGG(nn.Module):
         return self.classifier(self.pool(x).flatten(1))
 
 
-def _cifar(config: str, num_classes: int, in_channels: int, batchnorm: bool) -> CifarVGG:
-    return CifarVGG(config, num_classes, in_channels, batchnorm)
-
-
-@register_model("vgg11_cifar", family="vgg_cifar", min_resolution=32, description="CIFAR VGG-11 with BN, Linear(512, C) head")
-def vgg11_cifar(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> CifarVGG:
-    return _cifar("vgg11", num_classes, in_channels, batchnorm)
-
-
-@register_model("vgg13_cifar", family="vgg_cifar", min_resolution=32, description="CIFAR VGG-13 with BN, Linear(512, C) head")
-def vgg13_cifar(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> CifarVGG:
-    return _cifar("vgg13", num_classes, in_channels, batchnorm)
-
-
-@register_model("vgg16_cifar", family="vgg_cifar", min_resolution=32, description="CIFAR VGG-16 with BN, Linear(512, C) head")
-def vgg16_cifar(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> CifarVGG:
-    return _cifar("vgg16", num_classes, in_channels, batchnorm)
+for _n in (11, 13, 16):
+    register_model(f"vgg{_n}_cifar", family="vgg_cifar", min_resolution=32, model_args=dict(config=f"vgg{_n}"),
+                   description=f"CIFAR VGG-{_n} with BN, Linear(512, C) head")(CifarVGG)
 
 
 # --------------------------------------------------------------------------------------- torchvision
@@ -117,16 +104,7 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(4096, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_weights_(self)  # torchvision's
 
     def _relus(self) -> list[nn.Module]:
         return [m for m in self.features if isinstance(m, nn.ReLU)]
@@ -144,35 +122,8 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-_TV = "vgg"
-_TV_DESC = "torchvision VGG-{n}{bn} (ImageNet head, torchvision keys)"
-
-
-@register_model("vgg11", family=_TV, min_resolution=32, description=_TV_DESC.format(n=11, bn=""))
-def vgg11(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg11", False, num_classes, in_channels, dropout)
-
-
-@register_model("vgg13", family=_TV, min_resolution=32, description=_TV_DESC.format(n=13, bn=""))
-def vgg13(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg13", False, num_classes, in_channels, dropout)
-
-
-@register_model("vgg16", family=_TV, min_resolution=32, description=_TV_DESC.format(n=16, bn=""))
-def vgg16(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg16", False, num_classes, in_channels, dropout)
-
-
-@register_model("vgg11_bn", family=_TV, min_resolution=32, description=_TV_DESC.format(n=11, bn=" with BN"))
-def vgg11_bn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg11", True, num_classes, in_channels, dropout)
-
-
-@register_model("vgg13_bn", family=_TV, min_resolution=32, description=_TV_DESC.format(n=13, bn=" with BN"))
-def vgg13_bn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg13", True, num_classes, in_channels, dropout)
-
-
-@register_model("vgg16_bn", family=_TV, min_resolution=32, description=_TV_DESC.format(n=16, bn=" with BN"))
-def vgg16_bn(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> VGG:
-    return VGG("vgg16", True, num_classes, in_channels, dropout)
+for _n in (11, 13, 16):
+    for _bn in (False, True):
+        register_model(f"vgg{_n}" + ("_bn" if _bn else ""), family="vgg", min_resolution=32,
+                       model_args=dict(config=f"vgg{_n}", batch_norm=_bn),
+                       description=f"torchvision VGG-{_n}{' with BN' if _bn else ''} (ImageNet head, torchvision keys)")(VGG)

@@ -10,15 +10,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from cnnlab.data.checksums import IDX_FILES
 from cnnlab.data.dataset import ImageDataset, Split, channel_stats, register_source
 from cnnlab.data.errors import CorruptFileError
 from cnnlab.data.formats import gunzip, parse_idx, read_idx_file
 from cnnlab.data.remote import load_remote
 
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 # EMNIST class lists (Cohen et al. 2017): bymerge/balanced merge the 15 letters whose cases look alike.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,7 @@ def load_synthetic(root: Path, download: bool = False, n_train: int = 2000, n_te
                    num_classes: int = 10, channels: int = 3, size: int = 32, noise: float = 0.3,
                    shift: float = 0.5, seed: int = 0) -> ImageDataset:
     """Procedural class patterns + noise: any size/channels/classes, deterministic from the seed."""
-    common = dict(num_classes=num_classes, channels=channels, size=size, noise=noise, shift=shift, seed=seed)
+    common: dict[str, Any] = dict(num_classes=num_classes, channels=channels, size=size, noise=noise, shift=shift, seed=seed)
     train = make_synthetic(n_train, stream="train", **common)
     test = make_synthetic(n_test, stream="test", **common)
     mean, std = channel_stats(train.images)
