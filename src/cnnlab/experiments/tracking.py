@@ -75,16 +75,11 @@ def ensure_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"optim.lr": "0.001", ...}`` (MLflow params are strings)."""
-    out: dict[str, str] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            out[key] = str(v)[:6000]
-    return out
+def flatten_params(config: dict[str, Any]) -> dict[str, str]:
+    """Nested config -> ``{"optim.lr": "0.001", ...}`` (MLflow params are strings of at most 6000 characters)."""
+    from cnnlab.utils.configdiff import flatten
+
+    return {k: str(v)[:6000] for k, v in flatten(config).items()}
 
 
 class MLflowCallback(Callback):
