@@ -40,6 +40,16 @@ def load_sweep(path: str, set_: Optional[List[str]], root: Optional[Path]):
         fail(str(e))
 
 
+def _start(path: str, set_: Optional[List[str]], root: Optional[Path]):
+    """The sweep a training command works on, with SIGTERM (a scheduler's or ``kill``'s) turned into a clean stop
+    that leaves the run in progress resumable."""
+    from cnnlab.experiments.runner import exit_on_sigterm
+
+    sweep = load_sweep(path, set_, root)
+    exit_on_sigterm()
+    return sweep
+
+
 def _select(sweep, indices: Optional[str]):
     try:
         return sweep.select(indices)
@@ -164,10 +174,8 @@ def run_cmd(
 ) -> None:
     """Run the sweep's unfinished runs on this machine; interrupted runs resume from their last checkpoint."""
     from cnnlab.experiments.executors import run_local, todo_runs
-    from cnnlab.experiments.runner import exit_on_sigterm
 
-    sweep = load_sweep(sweep_file, set_, root)
-    exit_on_sigterm()
+    sweep = _start(sweep_file, set_, root)
     runs = todo_runs(sweep, retry_failed=retry_failed, rerun_stale=rerun_stale, runs=_select(sweep, indices))
     opts = sweep.spec.executors.local
     if not json_out:
@@ -200,10 +208,9 @@ def run_one_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run one run of a sweep (what each cluster task executes). Exits 1 if the run failed."""
-    from cnnlab.experiments.runner import exit_on_sigterm, run_one
+    from cnnlab.experiments.runner import run_one
 
-    sweep = load_sweep(sweep_file, set_, root)
-    exit_on_sigterm()
+    sweep = _start(sweep_file, set_, root)
     if not 1 <= index <= len(sweep):
         fail(f"--index {index} is out of range: the sweep {sweep.name!r} has runs 1..{len(sweep)}")
     if threads:
@@ -226,7 +233,7 @@ def run_one_cmd(
 def submit_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     executor: str = typer.Option(..., "--executor", autocompletion=_executor_names,
-                                 help="A registered executor (`cnnlab sweep executors` lists them and their options)."),
+                                 help="A registered executor, e.g. slurm (`cnnlab sweep executors` lists them and their options)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Array tasks running at once (-tc K / %K)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job script, do not submit it."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also submit the runs that failed before."),

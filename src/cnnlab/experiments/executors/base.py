@@ -70,7 +70,8 @@ class Executor:
     def options(self, sweep: Optional[Sweep]) -> Any:
         """This executor's options from the sweep file's ``executors:`` section (the model's defaults where
         there are none)."""
-        return sweep.spec.executors.get(self.name) if sweep is not None else self.options_model()
+        found = sweep.spec.executors.given.get(self.name) if sweep is not None else None
+        return found if found is not None else self.options_model()
 
     def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
         raise NotImplementedError

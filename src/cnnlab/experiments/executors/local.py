@@ -173,7 +173,11 @@ def _run_workers(sweep: Sweep, indices: list[int], workers: int, threads: int, k
     torch.set_num_threads(threads)
     finished = False
     try:
-        _loop(sweep, indices, kw, lambda out: (take(out), drain()), poll_s)
+        def take_and_drain(out: Outcome) -> None:
+            take(out)
+            drain()
+
+        _loop(sweep, indices, kw, take_and_drain, poll_s)
         torch.set_num_threads(before)
         while len(exited) < len(procs):
             try:
