@@ -161,3 +161,10 @@ def test_spec_keeps_the_moved_options_models_reachable():
     from cnnlab.experiments.executors.ray_exec import RayOptions
 
     assert spec.ClusterOptions is ClusterOptions and spec.RayOptions is RayOptions
+
+
+def test_explain_cli_default_methods_are_the_pipelines():
+    from cnnlab.cli.explain import MethodsOpt
+    from cnnlab.explain.pipeline import DEFAULT_METHODS
+
+    assert MethodsOpt.default == ",".join(DEFAULT_METHODS)

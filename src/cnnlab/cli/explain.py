@@ -27,6 +27,13 @@ app = typer.Typer(cls=_DefaultToMaps, no_args_is_help=True,
                        "`cnnlab explain RUN_DIR` = `cnnlab explain maps RUN_DIR`.")
 
 
+MethodsOpt = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods",  # = explain.pipeline.DEFAULT_METHODS
+                         help="Comma-separated method names (`cnnlab explain methods` lists them).")
+MethodSetOpt = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable).")
+PerturbOpt = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics.")
+BatchOpt = typer.Option(16, "--batch-size", min=1, help="Images per attribution call.")
+
+
 def parse_indices(text: str, size: int | None = None) -> list[int]:
     """``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (sorted, duplicates dropped); with ``size``, every index must lie in
     [0, size), checked before a range is expanded. Errors name ``--images``."""
@@ -112,16 +119,16 @@ def _err(e: BaseException) -> str:
 def maps_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     images: Optional[str] = typer.Option(None, "--images", help="Image indices, e.g. '0,3,5-9' (sorted, each once; default: first 8)."),
-    methods: str = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods", help="Comma-separated method names."),
+    methods: str = MethodsOpt,
     target: str = typer.Option("pred", "--target", help="pred | true | a class index."),
     split: str = typer.Option("test", "--split", help="test | train."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/explain)."),
-    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = MethodSetOpt,
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity."),
-    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
+    perturb_samples: int = PerturbOpt,
     infidelity_std: float = typer.Option(0.1, "--infidelity-std", help="Std of infidelity's Gaussian perturbations."),
     sensitivity_radius: float = typer.Option(0.02, "--sensitivity-radius", help="Radius of max-sensitivity's perturbations."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per attribution call."),
+    batch_size: int = BatchOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default: the run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -157,15 +164,15 @@ def compare_cmd(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories (one architecture at several resolutions), "
                                                     "or a folder holding them."),
     images: Optional[str] = typer.Option(None, "--images", help="Test image indices, e.g. '0,3,5-9' (sorted, each once; default: first 8)."),
-    methods: str = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods", help="Comma-separated method names."),
+    methods: str = MethodsOpt,
     target: str = typer.Option("true", "--target", help="true (same class in every run) | pred | a class index."),
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Common grid size (default: the smallest resolution)."),
     topk: float = typer.Option(0.1, "--topk", help="Fraction of cells in the top-k IoU."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: FOLDER-explain_compare beside the runs' common folder, not inside it)."),
-    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = MethodSetOpt,
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity per run."),
-    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per attribution call."),
+    perturb_samples: int = PerturbOpt,
+    batch_size: int = BatchOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default: each run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
