@@ -50,7 +50,7 @@ def test_explain_bad_inputs_fail_cleanly(runs, tmp_path):
     _, (r8, _) = runs
     cases = [
         (["explain", str(r8), "--methods", "gradcm"], "unknown attribution method 'gradcm'"),
-        (["explain", str(r8), "--images", "0,99999", "--no-metrics"], "out of range"),
+        (["explain", str(r8), "--images", "0,99999", "--no-metrics"], "--images: '99999' is outside [0,"),
         (["explain", str(r8), "--set", "ig.steps=3", "--methods", "ig"], "no option(s) steps"),
         (["explain", str(r8), "--target", "best"], "--target must be pred, true or a class index"),
         (["explain", str(r8), "--target", "12", "--no-metrics"], "target class 12 is out of range"),
@@ -101,3 +101,27 @@ def test_in_memory_model_wrapper():
     x, y = run.inputs("test", [0, 1])
     assert x.shape == (2, 1, 12, 12) and torch.equal(y, ds.test.labels[:2])
     assert abs(float(run.inputs("train")[0].mean())) < 0.05  # normalised with the resized data's own stats
+
+
+def test_explain_prints_plain_progress_lines_when_stderr_is_not_a_terminal(runs):
+    """stderr of CliRunner is no terminal: ProgressLog writes k/N lines there (images x methods, twice with metrics)."""
+    _, (r8, _) = runs
+    res = runner.invoke(app, ["explain", str(r8), "--images", "3,1,1", "--methods", "saliency,gradcam", "--no-metrics"])
+    assert res.exit_code == 0, res.output
+    assert "explain: images x methods: 4/4 (100%)" in res.stderr  # 2 images (sorted, each once) x 2 methods
+    summary = json.loads((r8 / "explain" / "summary.json").read_text())
+    assert summary["indices"] == [1, 3]
+    res = runner.invoke(app, ["explain", str(r8), "--images", "0", "--methods", "saliency", "--perturb-samples", "2"])
+    assert res.exit_code == 0 and "explain: images x methods: 2/2 (100%)" in res.stderr
+    res = runner.invoke(app, ["explain", str(r8), "--images", "0", "--methods", "saliency", "--no-metrics", "--json"])
+    assert res.exit_code == 0 and "images x methods" not in res.stderr  # --json: stdout is the record, no progress
+
+
+def test_explain_run_progress_hook_counts_every_chunk(runs):
+    from cnnlab.explain import explain_run
+
+    _, (r8, _) = runs
+    seen = []
+    explain_run(open_run(r8), r8 / "explain_hook", indices=[0, 1, 2], methods=["saliency"], metrics=False, batch_size=2,
+                progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 3), (3, 3)]  # chunks of 2 and 1 images

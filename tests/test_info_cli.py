@@ -116,3 +116,22 @@ def test_mi_cli_over_a_sweep_file(tmp_path):
     res = runner.invoke(app, ["mi", str(tmp_path / "typo.yaml")])
     squeezed = "".join(res.output.split())  # rich may wrap a long path anywhere, even inside the file name
     assert res.exit_code == 2 and "sweepfile" in squeezed and "typo.yaml'doesnotexist" in squeezed, res.output
+
+
+def test_mi_prints_plain_progress_lines_in_masked_evaluations(sweep):
+    """2 runs x 2 splits x 1 keep x 2 masks = 8 masked evaluations; stored results count at once."""
+    res = runner.invoke(app, ["mi", str(sweep), *ARGS, "--force"])
+    assert res.exit_code == 0, res.output
+    assert "masking MI (2 runs, masked evaluations): 8/8 (100%)" in res.stderr
+    assert "masking MI (2 runs, masked evaluations): 1/8" in res.stderr  # the first unit is always shown
+    res = runner.invoke(app, ["mi", str(sweep), *ARGS])
+    assert res.exit_code == 0 and ": 8/8 (100%)" in res.stderr
+
+
+def test_compute_run_mi_progress_counts_masked_evaluations(sweep):
+    from cnnlab.info.runs import run_units
+
+    cfg = MIConfig(keeps=(0.25, 0.5), n_masks=3, n_examples=60, n_boot=20, gap_examples=60)
+    calls = []
+    compute_run_mi(sweep / "lr0.05", cfg, force=True, progress=calls.append)
+    assert run_units(cfg) == 2 * 2 * 3 and sum(calls) == run_units(cfg)

@@ -70,7 +70,8 @@ def _use_cnnlab_parser(group: typer.Typer) -> None:
         if info.cls is None or info.cls is TyperCommand:
             info.cls = CnnlabCommand
     for sub in group.registered_groups:
-        _use_cnnlab_parser(sub.typer_instance)
+        if sub.typer_instance is not None:
+            _use_cnnlab_parser(sub.typer_instance)
 
 
 _use_cnnlab_parser(app)

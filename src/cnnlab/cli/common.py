@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -37,7 +37,7 @@ def _command_path(ctx) -> str:
 
 def rename_flags(args: list[str], renames: dict[str, str], command: str) -> list[str]:
     """``args`` with each old flag spelling replaced by its new name (``--old=v`` too), saying so on stderr."""
-    out = []
+    out: list[str] = []
     for a in args:
         if a == "--":
             out += args[len(out):]
@@ -72,12 +72,12 @@ class CnnlabCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-def set_option(what: str = "key=value setting (repeatable), e.g. --set train.epochs=3") -> typer.models.OptionInfo:
+def set_option(what: str = "key=value setting (repeatable), e.g. --set train.epochs=3") -> Any:
     """``--set key=value``: the one spelling of settings in every command (beside positional overrides)."""
     return typer.Option(None, "--set", help=what[:1].upper() + what[1:] + ".")
 
 
-def mlflow_option(where: str) -> typer.models.OptionInfo:
+def mlflow_option(where: str) -> Any:
     """The ``--mlflow [URI]`` option (bare or with a URI: CnnlabCommand parses it)."""
     return typer.Option(None, "--mlflow", metavar="[URI]",
                         help=f"Log to MLflow (tracking URI); bare --mlflow: sqlite:///{where}/mlflow.db "
@@ -112,7 +112,7 @@ def log_to_mlflow(uri: Optional[str], run_dir: Path, experiment: str) -> Optiona
         return None
     from cnnlab.experiments.tracking import log_run_dir
 
-    resolved = resolve_mlflow_uri(uri, Path(run_dir).parent)
+    resolved = resolve_mlflow_uri(uri, Path(run_dir).parent) or uri
     run_id = log_run_dir(resolved, run_dir, experiment=experiment)
     err_console.print(f"logged to MLflow run {run_id} in {resolved}", highlight=False, markup=False)
     return run_id

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -16,7 +16,7 @@ from cnnlab.utils.console import console, print_json, print_table
 class _DefaultToMaps(TyperGroup):
     """``cnnlab explain RUN_DIR ...`` means ``cnnlab explain maps RUN_DIR ...``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's (vendored) click Context
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["maps", *args]
         return super().parse_args(ctx, args)
@@ -27,28 +27,19 @@ app = typer.Typer(cls=_DefaultToMaps, no_args_is_help=True,
                        "`cnnlab explain RUN_DIR` = `cnnlab explain maps RUN_DIR`.")
 
 
+MethodsOpt = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods",  # = explain.pipeline.DEFAULT_METHODS
+                         help="Comma-separated method names (`cnnlab explain methods` lists them).")
+MethodSetOpt = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable).")
+PerturbOpt = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics.")
+BatchOpt = typer.Option(16, "--batch-size", min=1, help="Images per attribution call.")
+
+
 def parse_indices(text: str, size: int | None = None) -> list[int]:
-    """``"0,3,5-7"`` -> [0, 3, 5, 6, 7]; with ``size``, ranges are checked against [0, size) before expanding."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                if size is not None and (lo < 0 or hi >= size):
-                    raise IndexError(f"--images: {part!r} is outside the split's indices [0, {size})")
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ValueError(f"--images: {part!r} is not an index or a range like 5-9") from None
-    if not out:
-        raise ValueError("--images: no index given")
-    return out
+    """``"0,3,5-7"`` -> [0, 3, 5, 6, 7] (sorted, duplicates dropped); with ``size``, every index must lie in
+    [0, size), checked before a range is expanded. Errors name ``--images``."""
+    from cnnlab.utils.indices import parse_index_list
+
+    return parse_index_list(text, size, what="--images")
 
 
 def parse_names(text: str, option: str) -> list[str]:
@@ -94,6 +85,23 @@ def _check_methods(methods: list[str], options: dict[str, dict[str, Any]]) -> No
             raise ValueError(f"--set: method {m!r} has no option(s) {', '.join(bad)}; accepted: {', '.join(method_options(m))}")
 
 
+def _method_request(methods: str, opt: list[str] | None, target: str) -> tuple[list[str], dict[str, dict[str, Any]], str | int]:
+    """(method names, per-method options, target) from --methods, --set and --target, checked."""
+    names = parse_names(methods, "--methods")
+    options = parse_method_options(opt)
+    _check_methods(names, options)
+    return names, options, _target(target)
+
+
+@contextmanager
+def _progress(what: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` hook: a bar on a terminal, periodic plain lines on stderr otherwise (none with --json)."""
+    from cnnlab.utils.progress import ProgressLog
+
+    with ProgressLog(what, mode="off" if quiet else "auto") as log:
+        yield log.callback()
+
+
 def _metric_options(samples: int, std: float, radius: float) -> dict[str, Any]:
     return {"n_perturb_samples": samples, "infidelity_std": std, "sensitivity_radius": radius}
 
@@ -110,36 +118,35 @@ def _err(e: BaseException) -> str:
 @app.command("maps")
 def maps_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    images: Optional[str] = typer.Option(None, "--images", help="Image indices, e.g. '0,3,5-9' (default: first 8)."),
-    methods: str = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods", help="Comma-separated method names."),
+    images: Optional[str] = typer.Option(None, "--images", help="Image indices, e.g. '0,3,5-9' (sorted, each once; default: first 8)."),
+    methods: str = MethodsOpt,
     target: str = typer.Option("pred", "--target", help="pred | true | a class index."),
     split: str = typer.Option("test", "--split", help="test | train."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/explain)."),
-    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = MethodSetOpt,
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity."),
-    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
+    perturb_samples: int = PerturbOpt,
     infidelity_std: float = typer.Option(0.1, "--infidelity-std", help="Std of infidelity's Gaussian perturbations."),
     sensitivity_radius: float = typer.Option(0.02, "--sensitivity-radius", help="Radius of max-sensitivity's perturbations."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per attribution call."),
+    batch_size: int = BatchOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default: the run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Explain images of one run: an image grid (original, map, overlay per method) plus faithfulness metrics."""
     from cnnlab.explain.pipeline import explain_run
-    from cnnlab.explain.runs import open_run
+    from cnnlab.engine.analysis_run import open_run
 
     try:
-        names = parse_names(methods, "--methods")
-        options = parse_method_options(opt)
-        _check_methods(names, options)
-        tgt = _target(target)
+        names, options, tgt = _method_request(methods, opt, target)
         if split not in ("test", "train"):
             raise ValueError(f"--split must be test or train, got {split!r}")
         run = open_run(run_dir, device=device)
         idx = parse_indices(images, len(run.split(split))) if images else None
-        summary = explain_run(run, out or Path(run_dir) / "explain", indices=idx, split=split, methods=names,
-                              options=options, target=tgt, metrics=metrics, batch_size=batch_size,
-                              metric_options=_metric_options(perturb_samples, infidelity_std, sensitivity_radius))
+        with _progress("explain: images x methods", json_out) as progress:
+            summary = explain_run(run, out or Path(run_dir) / "explain", indices=idx, split=split, methods=names,
+                                  options=options, target=tgt, metrics=metrics, batch_size=batch_size,
+                                  metric_options=_metric_options(perturb_samples, infidelity_std, sensitivity_radius),
+                                  progress=progress)
     except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
         fail(_err(e))
     if json_out:
@@ -156,16 +163,16 @@ def maps_cmd(
 def compare_cmd(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories (one architecture at several resolutions), "
                                                     "or a folder holding them."),
-    images: Optional[str] = typer.Option(None, "--images", help="Test image indices (default: first 8)."),
-    methods: str = typer.Option("gradcam,ig,saliency,smoothgrad", "--methods", help="Comma-separated method names."),
+    images: Optional[str] = typer.Option(None, "--images", help="Test image indices, e.g. '0,3,5-9' (sorted, each once; default: first 8)."),
+    methods: str = MethodsOpt,
     target: str = typer.Option("true", "--target", help="true (same class in every run) | pred | a class index."),
     grid: Optional[int] = typer.Option(None, "--grid", min=1, help="Common grid size (default: the smallest resolution)."),
     topk: float = typer.Option(0.1, "--topk", help="Fraction of cells in the top-k IoU."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: FOLDER-explain_compare beside the runs' common folder, not inside it)."),
-    opt: Optional[List[str]] = typer.Option(None, "--set", help="Method option method.key=value, e.g. --set ig.n_steps=64 (repeatable)."),
+    opt: Optional[List[str]] = MethodSetOpt,
     metrics: bool = typer.Option(True, "--metrics/--no-metrics", help="captum infidelity and max-sensitivity per run."),
-    perturb_samples: int = typer.Option(10, "--perturb-samples", min=1, help="Perturbations per image for the metrics."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per attribution call."),
+    perturb_samples: int = PerturbOpt,
+    batch_size: int = BatchOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | auto (default: each run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
@@ -173,13 +180,10 @@ def compare_cmd(
     import os
 
     from cnnlab.explain.pipeline import compare_runs
-    from cnnlab.explain.runs import find_run_dirs, open_run
+    from cnnlab.engine.analysis_run import find_run_dirs, open_run
 
     try:
-        names = parse_names(methods, "--methods")
-        options = parse_method_options(opt)
-        _check_methods(names, options)
-        tgt = _target(target)
+        names, options, tgt = _method_request(methods, opt, target)
         if not 0 < topk <= 1:
             raise ValueError(f"--topk must be in (0, 1], got {topk}")
         dirs = find_run_dirs(run_dirs)
@@ -188,9 +192,10 @@ def compare_cmd(
         runs = [open_run(d, device=device) for d in dirs]
         idx = parse_indices(images, min(len(r.split("test")) for r in runs)) if images else None
         dest = out or _beside(Path(os.path.commonpath([str(d.resolve()) for d in dirs])), "explain_compare")
-        report = compare_runs(runs, dest, indices=idx, methods=names, options=options, target=tgt, grid=grid, topk=topk,
-                              metrics=metrics, batch_size=batch_size,
-                              metric_options={"n_perturb_samples": perturb_samples})
+        with _progress("explain compare: images x methods x runs", json_out) as progress:
+            report = compare_runs(runs, dest, indices=idx, methods=names, options=options, target=tgt, grid=grid,
+                                  topk=topk, metrics=metrics, batch_size=batch_size,
+                                  metric_options={"n_perturb_samples": perturb_samples}, progress=progress)
     except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
         fail(_err(e))
     if json_out:
@@ -214,7 +219,7 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JS
 
     from cnnlab.explain.methods import list_methods, method_class, method_options
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_methods():
         cls = method_class(name)
         params = inspect.signature(cls.__init__).parameters

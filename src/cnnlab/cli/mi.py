@@ -54,9 +54,11 @@ def mi_cmd(
     Given a sweep file, every finished run of the sweep is analysed and coloured by the sweep's factors
     (default --out: <sweep root>/mi); runs not yet done are listed and skipped.
     """
-    from cnnlab.explain.runs import find_run_dirs, varying_factors
+    from cnnlab.engine.analysis_run import find_run_dirs, varying_factors
     from cnnlab.info.analysis import MIConfig
-    from cnnlab.info.runs import compute_run_mi, summarize
+    from cnnlab.info.runs import compute_run_mi, run_units, summarize
+    from cnnlab.utils.configdiff import flatten
+    from cnnlab.utils.progress import ProgressLog
 
     try:
         cfg = MIConfig(keeps=_floats(keep, "--keep"), n_masks=masks, n_examples=examples, mask_seed=mask_seed, seed=seed,
@@ -65,12 +67,11 @@ def mi_cmd(
         sweep, sweep_runs = _finished_sweep_runs(paths, root, set_, quiet=json_out)
         dirs = [r.run_dir for r in sweep_runs] if sweep is not None else find_run_dirs(paths)
         reports = []
-        for d in dirs:
-            if not json_out:
-                console.print(f"[dim]masking MI: {d}[/]")
-            reports.append(compute_run_mi(d, cfg, force=force, device=device))
-        from cnnlab.explain.runs import flatten
-
+        # progress in masked evaluations over all runs: a bar on a terminal, plain k/N + ETA lines in a log
+        with ProgressLog(f"masking MI ({len(dirs)} runs, masked evaluations)", len(dirs) * run_units(cfg),
+                         mode="off" if json_out else "auto") as log:
+            for d in dirs:
+                reports.append(compute_run_mi(d, cfg, force=force, device=device, progress=log.advance))
         configs = [_config_of(d) for d in dirs]
         flat = [flatten(c) for c in configs]
         if sweep is not None:  # the sweep's own factor names and labels (wd, bn, ...) plus the seed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -42,6 +42,7 @@ def plot_cmd(
         fail(f"no finished runs in {sweep.root}: run the sweep first (cnnlab sweep run {sweep_file})")
     stem = f"{preset}_{y}" if preset else f"{y}_vs_{x}" + (f"_by_{hue}" if hue else "")
     path = out or sweep.root / "plots" / f"{stem}.png"
+    data: Any
     try:
         if preset == "resolution":
             data = plots.plot_resolution(table, path, metric=y)
@@ -49,6 +50,7 @@ def plot_cmd(
         elif preset == "ablation":
             data = plots.plot_ablation(table, path, metric=y)
         else:
+            assert x is not None  # checked above: no preset means --x was given
             data = {str(h): pts for h, pts in plots.plot_metric(table, x, y, path, hue=hue).items()}
     except (KeyError, ValueError) as e:
         fail(str(e).strip("'\""))

@@ -85,7 +85,7 @@ def clean_cmd(
     from cnnlab.attribution.store import CLEAN_WHAT, clean_run
 
     if what not in CLEAN_WHAT:
-        fail(f"--what must be one of: " + "; ".join(f"{k} ({v})" for k, v in CLEAN_WHAT.items()) + f"; got {what!r}")
+        fail("--what must be one of: " + "; ".join(f"{k} ({v})" for k, v in CLEAN_WHAT.items()) + f"; got {what!r}")
     if what == "all" and not yes and not typer.confirm(f"delete {run} and everything in it ({CLEAN_WHAT['all']})?"):
         raise typer.Exit(1)
     try:

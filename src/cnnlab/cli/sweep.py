@@ -16,6 +16,17 @@ SetOpt = typer.Option(None, "--set", help="key=value applied to every run (e.g. 
 RootOpt = typer.Option(None, "--root", help="Run-store directory (default: the sweep's root:, else runs/<name>).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 MlflowOpt = mlflow_option("<run-store root>")
+RetryOpt = typer.Option(False, "--retry-failed", help="Also run the runs that failed before.")
+RerunStaleOpt = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one "
+                                                          "(their old results are deleted).")
+IndicesOpt = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12.")
+
+
+def _executor_names(incomplete: str) -> list[str]:
+    """Shell completion of --executor from the executor registry (imported only when completing)."""
+    from cnnlab.experiments.executors import list_executors
+
+    return [n for n in list_executors() if n.startswith(incomplete)]
 
 
 def load_sweep(path: str, set_: Optional[List[str]], root: Optional[Path]):
@@ -27,6 +38,16 @@ def load_sweep(path: str, set_: Optional[List[str]], root: Optional[Path]):
         return Sweep.load(path, overrides=set_ or [], root=root)
     except ConfigError as e:
         fail(str(e))
+
+
+def _start(path: str, set_: Optional[List[str]], root: Optional[Path]):
+    """The sweep a training command works on, with SIGTERM (a scheduler's or ``kill``'s) turned into a clean stop
+    that leaves the run in progress resumable."""
+    from cnnlab.experiments.runner import exit_on_sigterm
+
+    sweep = load_sweep(path, set_, root)
+    exit_on_sigterm()
+    return sweep
 
 
 def _select(sweep, indices: Optional[str]):
@@ -143,9 +164,9 @@ def run_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: the sweep's executors.local.workers, else 1)."),
     threads_per_worker: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per worker process (default: cores / workers)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also run the runs that failed before."),
-    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
-    indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
+    retry_failed: bool = RetryOpt,
+    rerun_stale: bool = RerunStaleOpt,
+    indices: Optional[str] = IndicesOpt,
     mlflow: Optional[str] = MlflowOpt,
     set_: Optional[List[str]] = SetOpt,
     root: Optional[Path] = RootOpt,
@@ -153,10 +174,8 @@ def run_cmd(
 ) -> None:
     """Run the sweep's unfinished runs on this machine; interrupted runs resume from their last checkpoint."""
     from cnnlab.experiments.executors import run_local, todo_runs
-    from cnnlab.experiments.runner import exit_on_sigterm
 
-    sweep = load_sweep(sweep_file, set_, root)
-    exit_on_sigterm()
+    sweep = _start(sweep_file, set_, root)
     runs = todo_runs(sweep, retry_failed=retry_failed, rerun_stale=rerun_stale, runs=_select(sweep, indices))
     opts = sweep.spec.executors.local
     if not json_out:
@@ -181,7 +200,7 @@ def run_one_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
     index: int = typer.Option(..., "--index", help="1-based run index (a scheduler's array task id)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run it even if it failed before."),
-    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
+    rerun_stale: bool = RerunStaleOpt,
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads for this run's process."),
     mlflow: Optional[str] = MlflowOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -189,10 +208,9 @@ def run_one_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run one run of a sweep (what each cluster task executes). Exits 1 if the run failed."""
-    from cnnlab.experiments.runner import exit_on_sigterm, run_one
+    from cnnlab.experiments.runner import run_one
 
-    sweep = load_sweep(sweep_file, set_, root)
-    exit_on_sigterm()
+    sweep = _start(sweep_file, set_, root)
     if not 1 <= index <= len(sweep):
         fail(f"--index {index} is out of range: the sweep {sweep.name!r} has runs 1..{len(sweep)}")
     if threads:
@@ -214,14 +232,15 @@ def run_one_cmd(
 @app.command("submit")
 def submit_cmd(
     sweep_file: str = typer.Argument(..., metavar="SWEEP"),
-    executor: str = typer.Option(..., "--executor", help="sge | slurm | ray | local"),
+    executor: str = typer.Option(..., "--executor", autocompletion=_executor_names,
+                                 help="A registered executor, e.g. slurm (`cnnlab sweep executors` lists them and their options)."),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="Array tasks running at once (-tc K / %K)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job script, do not submit it."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also submit the runs that failed before."),
-    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain runs whose stored config differs from this one (their old results are deleted)."),
+    rerun_stale: bool = RerunStaleOpt,
     all_runs: bool = typer.Option(False, "--all", help="One task per run of the sweep (finished runs exit at once) "
                                   "instead of only the unfinished runs."),
-    indices: Optional[str] = typer.Option(None, "--indices", help="Only these runs, e.g. 1-8,12."),
+    indices: Optional[str] = IndicesOpt,
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per task / worker."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="local: worker processes; ray (local cluster): CPUs."),
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address ('auto', ray://host:port)."),
@@ -256,7 +275,7 @@ def submit_cmd(
         sub = ex.submit(sweep, req)
     except (RuntimeError, ImportError) as e:
         fail(str(e))
-    if sub.outcomes or executor in ("local", "ray") and not dry_run:
+    if sub.outcomes or ex.waits and not dry_run:
         from cnnlab.experiments.runner import Outcome
 
         _finish(sweep, [Outcome(**o) for o in sub.outcomes], json_out, {"executor": executor, "indices": sub.indices})
@@ -270,3 +289,20 @@ def submit_cmd(
         console.print(f"submitted with {' '.join(sub.command or [])}: job {sub.job_id}", highlight=False, soft_wrap=True)
     elif sub.command:
         console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, soft_wrap=True)
+
+
+@app.command("executors")
+def executors_cmd(json_out: bool = JsonOpt) -> None:
+    """List the registered executors and the options each takes under a sweep file's ``executors:`` section."""
+    from cnnlab.experiments.executors import describe_executors
+
+    rows = describe_executors()
+    if json_out:
+        print_json(rows)
+        return
+    print_table("executors (sweep submit --executor NAME; options under executors: NAME: in the sweep file)",
+                ["name", "description", "options (default)"],
+                [(r["name"], r["description"],
+                  "; ".join(f"{k}: {o['type']} = {o['default']!r}" + (f" ({o['description']})" if o["description"] else "")
+                            for k, o in r["options"].items()))
+                 for r in rows])

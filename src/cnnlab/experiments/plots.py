@@ -7,19 +7,10 @@ Every plot function returns the numbers it drew, so they can be checked without 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 from cnnlab.experiments.results import ResultTable, _check_columns, _hashable, mean_std
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from cnnlab.utils.plotting import pyplot, save_figure
 
 
 def _order(values: list[Any]) -> list[Any]:
@@ -70,7 +61,7 @@ def _draw(ax, series: dict[Any, list[dict[str, Any]]], x: str, y: str, hue: Opti
 def plot_metric(table: ResultTable, x: str, y: str, out: str | os.PathLike, hue: Optional[str] = None) -> dict[Any, list[dict[str, Any]]]:
     """``y`` against ``x`` (mean ± std over seeds), one line per ``hue`` value; writes a PNG to ``out``."""
     series = aggregate(table, x, y, hue)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     _draw(ax, series, x, y, hue)
     ax.set_title(f"{table.sweep}: {y} vs {x}" + (f" by {hue}" if hue else ""))
@@ -83,20 +74,14 @@ def plot_resolution(table: ResultTable, out: str | os.PathLike, metric: str = "t
     """Resolution study: ``metric`` vs resolution, one panel per model family, one line per model."""
     _check_columns(table, [x, by, hue, metric])
     families = _order([r.get(by) for r in table.done()])
-    plt = _pyplot()
-    cols = min(3, max(1, len(families)))
-    rows = (len(families) + cols - 1) // cols or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), squeeze=False)
+    fig, panels = _panels(len(families), (5.0, 3.8))
     data = {}
-    for i, fam in enumerate(families):
+    for ax, fam in zip(panels, families):
         sub = ResultTable(table.sweep, [r for r in table.rows if _hashable(r.get(by)) == _hashable(fam)], table.factors, table.metrics)
         series = aggregate(sub, x, metric, hue)
-        ax = axes[i // cols][i % cols]
         _draw(ax, series, x, metric, hue)
         ax.set_title(f"{by} {fam}")
         data[fam] = series
-    for j in range(len(families), rows * cols):
-        axes[j // cols][j % cols].axis("off")
     fig.suptitle(f"{table.sweep}: {metric} vs {x}")
     _save(fig, out)
     return data
@@ -110,14 +95,10 @@ def plot_ablation(table: ResultTable, out: str | os.PathLike, metric: str = "tes
     if not factors:
         raise ValueError(f"the sweep {table.sweep!r} has no factors to plot against")
     _check_columns(table, factors + [metric])
-    plt = _pyplot()
-    cols = min(3, len(factors))
-    rows = (len(factors) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig, panels = _panels(len(factors), (4.2, 3.6))
     data = {}
-    for i, f in enumerate(factors):
+    for ax, f in zip(panels, factors):
         series = aggregate(table, f, metric)[None]
-        ax = axes[i // cols][i % cols]
         xs = range(len(series))
         ax.bar(xs, [p["mean"] for p in series], yerr=[p["std"] or 0.0 for p in series], capsize=4, alpha=0.6)
         for k, p in enumerate(series):
@@ -128,20 +109,23 @@ def plot_ablation(table: ResultTable, out: str | os.PathLike, metric: str = "tes
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3, axis="y")
         data[f] = series
-    for j in range(len(factors), rows * cols):
-        axes[j // cols][j % cols].axis("off")
     fig.suptitle(f"{table.sweep}: {metric} per ablation factor")
     _save(fig, out)
     return data
 
 
-def _save(fig, out: str | os.PathLike) -> None:
-    from cnnlab.utils.io import atomic_path
+def _panels(n: int, size: tuple[float, float], max_cols: int = 3) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels (at least one) in rows of ``max_cols``, each ``size`` inches; the unused cells of the
+    last row are switched off. Returns (figure, the ``n`` axes in reading order)."""
+    cols = min(max_cols, max(1, n))
+    rows = max(1, (n + cols - 1) // cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
 
-    out = Path(out)
+
+def _save(fig: Any, out: str | os.PathLike) -> None:
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)

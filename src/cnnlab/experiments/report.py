@@ -162,12 +162,14 @@ def _collection_rows(runs: Sequence[Path], root: Path, sweep: Any) -> tuple[list
 
         table = collect(sweep)
         keep = ["status", *table.factors, *[m for m in table.metrics if m.endswith("acc") or m.endswith("loss")][:8]]
-        rows = [{"run": _rel(Path(r["run_dir"]), root), **{k: r.get(k) for k in keep}} for r in table.rows]
+        rows: list[dict[str, Any]] = [{"run": _rel(Path(r["run_dir"]), root), **{k: r.get(k) for k in keep}}
+                                      for r in table.rows]
     else:
         rows = []
         for run in runs:
             result = _read_json(run / "result.json") or {}
-            final = result.get("final") if isinstance(result.get("final"), dict) else {}
+            found = result.get("final")
+            final: dict[str, Any] = found if isinstance(found, dict) else {}
             rows.append({"run": _rel(run, root), "status": result.get("status", "not finished"),
                          **{k: v for k, v in final.items() if k.endswith(("_acc", "_loss"))}})
     links = [f"runs/{_slug(r['run'])}/index.html" if (root / r["run"] / "config.yaml").is_file() else None for r in rows]

@@ -1,4 +1,5 @@
-"""The sweep file: a base RunConfig, ``grid:`` factors, ``zip:`` groups, ``seeds:``, templates, executor options.
+"""The sweep file: a base RunConfig, ``grid:`` factors, ``zip:`` groups, ``seeds:``, templates, executor options
+(checked against the executor registry).
 
 Parsing only; expanding a sweep into runs is ``cnnlab.experiments.sweep``. Every mistake is a ConfigError
 that names the sweep file and the bad key.
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cnnlab.engine.config import ConfigError
 
@@ -42,36 +43,59 @@ class Axis:
         return len(self.factors[0].values)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # as cnnlab.engine.config.StrictModel
+class ExecutorOptions:
+    """The sweep file's ``executors:`` section: per executor name, its options model (``Executor.options_model``).
+
+    ``executors.get("sge")`` (or ``executors.sge``) is the section as given, or the model's defaults where the
+    file has none. Which names exist, and which options each takes, is the executor registry's business.
+    """
+
+    def __init__(self, given: Optional[dict[str, BaseModel]] = None) -> None:
+        self.given = dict(given or {})
+
+    def get(self, name: str) -> Any:
+        if name in self.given:
+            return self.given[name]
+        from cnnlab.experiments.executors import EXECUTORS  # importing the package registers the built-in executors
+
+        return EXECUTORS.get(name).options_model()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "given":
+            raise AttributeError(name)
+        try:
+            return self.get(name)
+        except ValueError as e:
+            raise AttributeError(str(e)) from None
+
+    def __repr__(self) -> str:
+        return f"ExecutorOptions({self.given!r})"
 
 
-class ClusterOptions(_Strict):
-    """SGE / Slurm job-array options from the sweep file's ``executors:`` section."""
+def parse_executor_options(raw: Any, where: str) -> ExecutorOptions:
+    """Validate an ``executors:`` mapping against the executor registry: each key an executor's name, each value
+    that executor's options. Errors are ConfigErrors naming ``executors.NAME.KEY``."""
+    from cnnlab.experiments.executors import EXECUTORS
 
-    options: list[str] = Field(default_factory=list, description="raw scheduler options, e.g. '-l h_vmem=8G' or '--mem=8G'")
-    setup: list[str] = Field(default_factory=list, description="shell lines run before the task, e.g. 'module load cuda'")
-    threads: Optional[int] = Field(None, ge=1, description="torch/OpenMP threads per task")
-    max_concurrent: Optional[int] = Field(None, ge=1, description="tasks running at once (-tc / %K)")
-    python: Optional[str] = Field(None, description="interpreter for the task command (default: this one)")
-
-
-class RayOptions(_Strict):
-    address: Optional[str] = Field(None, description="'auto' or ray://host:port; default: start a local Ray")
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-
-
-class LocalOptions(_Strict):
-    workers: int = Field(1, ge=1)
-    threads_per_worker: Optional[int] = Field(None, ge=1)
-
-
-class ExecutorOptions(_Strict):
-    local: LocalOptions = Field(default_factory=LocalOptions)
-    sge: ClusterOptions = Field(default_factory=ClusterOptions)
-    slurm: ClusterOptions = Field(default_factory=ClusterOptions)
-    ray: RayOptions = Field(default_factory=RayOptions)
+    if raw is None:
+        return ExecutorOptions()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: executors must map executor names ({', '.join(EXECUTORS.names())}) to their options, "
+                          f"got {type(raw).__name__}")
+    given: dict[str, BaseModel] = {}
+    for name, section in raw.items():
+        try:
+            model = EXECUTORS.get(str(name)).options_model
+        except ValueError as e:
+            raise ConfigError(f"{where}: executors.{name}: {e}") from None
+        try:
+            given[str(name)] = model.model_validate(section if section is not None else {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(f"{where}: executors.{name}{'.' + loc if loc else ''}: {msg}") from None
+    return ExecutorOptions(given)
 
 
 @dataclass
@@ -162,15 +186,7 @@ def parse_sweep(raw: Any, path: Path) -> SweepSpec:
         raise ConfigError(f"{where}: layout must be a relative path template without '..', got {layout!r}")
     if raw.get("run_name") and "/" in raw["run_name"]:
         raise ConfigError(f"{where}: run_name must not contain '/'; put folders in layout")
-    try:
-        executors = ExecutorOptions.model_validate(raw.get("executors") or {})
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        raise ConfigError(f"{where}: executors.{loc}: {msg}") from None
+    executors = parse_executor_options(raw.get("executors"), where)
     root = raw.get("root")
     if root is not None and not isinstance(root, str):
         raise ConfigError(f"{where}: root must be a path string, got {root!r}")
@@ -220,3 +236,13 @@ def _check_factor_names(factors: list[Factor], where: str) -> None:
             if f.key == other or f.key.startswith(other + ".") or other.startswith(f.key + "."):
                 raise ConfigError(f"{where}: factors {other_name!r} ({other}) and {f.name!r} ({f.key}) set the same config key")
         seen_keys[f.key] = f.name
+
+
+def __getattr__(name: str) -> Any:
+    """The executors' options models, once defined here, now live in their executor modules."""
+    moved = {"ClusterOptions": "array", "LocalOptions": "local", "RayOptions": "ray_exec"}
+    if name in moved:
+        import importlib
+
+        return getattr(importlib.import_module(f"cnnlab.experiments.executors.{moved[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -180,8 +180,8 @@ def run_state(run_dir: Path, *, ignore_lock: bool = False, now: Optional[float] 
             return RunState("stale", f"trained under another config: {describe_diff(stored, expected, 3)}",
                             stored_digest=config_digest(stored))
     if RESULT_NAME in names:
-        result = read_json(run_dir / RESULT_NAME)
-        status = (result or {}).get("status")
+        result = read_json(run_dir / RESULT_NAME) or {}
+        status = result.get("status")
         if status == "completed":
             return RunState("done", f"{result.get('epochs_completed', '?')} epochs", result=result)
         if status == "diverged":

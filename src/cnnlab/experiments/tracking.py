@@ -10,6 +10,7 @@ the artifact ``model/state_dict.pt``. ``log_run_dir`` records any finished run d
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -75,16 +76,11 @@ def ensure_experiment(uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"optim.lr": "0.001", ...}`` (MLflow params are strings)."""
-    out: dict[str, str] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            out[key] = str(v)[:6000]
-    return out
+def flatten_params(config: dict[str, Any]) -> dict[str, str]:
+    """Nested config -> ``{"optim.lr": "0.001", ...}`` (MLflow params are strings of at most 6000 characters)."""
+    from cnnlab.utils.configdiff import flatten
+
+    return {k: str(v)[:6000] for k, v in flatten(config).items()}
 
 
 class MLflowCallback(Callback):
@@ -147,7 +143,7 @@ class MLflowCallback(Callback):
         self.skipped_params = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
         new = [Param(k, v) for k, v in params.items() if k not in existing]
         for i in range(0, len(new), 100):
-            _retry(lambda chunk=new[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
+            _retry(functools.partial(self.client.log_batch, self.run_id, params=new[i:i + 100]))
         if self.skipped_params:
             note = ",".join(self.skipped_params)[:5000]
             _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag("cnnlab.param_conflicts", note)]))
@@ -174,7 +170,7 @@ class MLflowCallback(Callback):
             for name in ARTIFACTS:
                 path = self._run_dir / name
                 if path.exists():
-                    _retry(lambda p=path: self.client.log_artifact(self.run_id, str(p)))
+                    _retry(functools.partial(self.client.log_artifact, self.run_id, str(path)))
             if status == "completed":
                 self._log_model(trainer)
         self.close("FINISHED" if status == "completed" else "FAILED")
@@ -223,7 +219,7 @@ class MLflowCallback(Callback):
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
         for i in range(0, len(batch), 1000):
-            _retry(lambda chunk=batch[i:i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
+            _retry(functools.partial(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000]))
 
 
 def log_run_dir(tracking_uri: str, run_dir: str | Path, *, experiment: str = "cnnlab", run_name: Optional[str] = None) -> str:
@@ -248,7 +244,7 @@ def log_run_dir(tracking_uri: str, run_dir: str | Path, *, experiment: str = "cn
         config = load_yaml_text(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         params = [Param(k, v) for k, v in flatten_params(config or {}).items()]
         for i in range(0, len(params), 100):
-            _retry(lambda chunk=params[i:i + 100]: client.log_batch(run_id, params=chunk))
+            _retry(functools.partial(client.log_batch, run_id, params=params[i:i + 100]))
         records = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
         for i, rec in enumerate(records):
             step = rec.get("epoch", rec.get("generation", i + 1))
@@ -263,7 +259,7 @@ def log_run_dir(tracking_uri: str, run_dir: str | Path, *, experiment: str = "cn
         for path in files:
             if path.is_file():
                 folder = "plots" if path.parent.name == "plots" else None
-                _retry(lambda p=path, f=folder: client.log_artifact(run_id, str(p), artifact_path=f))
+                _retry(functools.partial(client.log_artifact, run_id, str(path), artifact_path=folder))
     except BaseException as e:
         tracker.close("FAILED", error=f"{type(e).__name__}: {e}")
         raise

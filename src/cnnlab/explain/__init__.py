@@ -5,7 +5,7 @@ from cnnlab.explain.compare import compare_maps, spearman, to_common_grid, topk_
 from cnnlab.explain.core import Explanations, build_methods, explain, faithfulness, faithfulness_table, resolve_targets
 from cnnlab.explain.methods import AttributionMethod, create_method, list_methods, register_method, to_map
 from cnnlab.explain.pipeline import compare_runs, explain_run
-from cnnlab.explain.runs import AnalysisRun, find_run_dirs, open_run
+from cnnlab.engine.analysis_run import AnalysisRun, find_run_dirs, open_run
 
 __all__ = [
     "AnalysisRun", "AttributionMethod", "Explanations", "build_methods", "compare_maps", "compare_runs", "create_method",

@@ -102,13 +102,9 @@ def compare_maps(maps: Mapping[str, torch.Tensor], grid: int | None = None, topk
 
 def plot_comparison(result: dict, path, title: str = "") -> None:
     """Two annotated heatmaps (Spearman, top-k IoU) of one comparison, saved atomically as PNG."""
-    from cnnlab.utils.plotting import save_figure
+    from cnnlab.utils.plotting import pyplot, save_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = result["labels"]
     k = len(labels)
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.1 * k * 2, 1.6 + 0.9 * k), constrained_layout=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from cnnlab.explain.methods import AttributionMethod, create_method, to_map
 from cnnlab.utils.seeding import derive_seed, fork_rng_seeded
 
 TARGET_MODES = ("pred", "true")
+
+#: ``progress(n)``: called after each chunk with the number of images it covered (for a ProgressLog).
+Progress = Optional[Callable[[int], None]]
 
 
 @torch.no_grad()
@@ -61,8 +64,10 @@ class Explanations:
 
 
 def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods: Mapping[str, AttributionMethod],
-            batch_size: int = 16) -> Explanations:
-    """Run every method on ``x`` (N×C×H×W model inputs) for one target per image, ``batch_size`` images at a time."""
+            batch_size: int = 16, progress: Progress = None) -> Explanations:
+    """Run every method on ``x`` (N×C×H×W model inputs) for one target per image, ``batch_size`` images at a time.
+
+    ``progress(n)`` is called after each chunk of ``n`` images (N × len(methods) images in all)."""
     if model.training:
         raise ValueError("explain() needs the model in eval mode (call model.eval()); BN statistics would move")
     if targets.shape != (x.shape[0],):
@@ -70,7 +75,11 @@ def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods: M
     out: dict[str, torch.Tensor] = {}
     for name, method in methods.items():
         method.calibrate(x)
-        chunks = [method.attribute(x[i:i + batch_size], targets[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        chunks = []
+        for i in range(0, x.shape[0], batch_size):
+            chunks.append(method.attribute(x[i:i + batch_size], targets[i:i + batch_size]))
+            if progress is not None:
+                progress(chunks[-1].shape[0])
         out[name] = torch.cat(chunks).float().cpu()
     return Explanations(targets.cpu(), out, {n: m.settings() for n, m in methods.items()})
 
@@ -117,8 +126,9 @@ def faithfulness(model: nn.Module, method: AttributionMethod, x: torch.Tensor, t
 
 def faithfulness_table(model: nn.Module, methods: Mapping[str, AttributionMethod], x: torch.Tensor,
                        targets: torch.Tensor, expl: Explanations | None = None, batch_size: int = 16,
-                       **kwargs: Any) -> dict[str, dict[str, float]]:
-    """Mean (and std) of infidelity and max-sensitivity per method over the images."""
+                       progress: Progress = None, **kwargs: Any) -> dict[str, dict[str, float]]:
+    """Mean (and std) of infidelity and max-sensitivity per method over the images (``progress`` as in
+    :func:`explain`)."""
     table: dict[str, dict[str, float]] = {}
     for name, method in methods.items():
         parts: dict[str, list[torch.Tensor]] = {"infidelity": [], "sensitivity_max": []}
@@ -127,6 +137,8 @@ def faithfulness_table(model: nn.Module, methods: Mapping[str, AttributionMethod
             res = faithfulness(model, method, x[i:i + batch_size], targets[i:i + batch_size], attr, **kwargs)
             for k, v in res.items():
                 parts[k].append(v)
+            if progress is not None:
+                progress(res["infidelity"].shape[0])
         row: dict[str, float] = {}
         for k, vs in parts.items():
             v = torch.cat(vs)
@@ -136,5 +148,5 @@ def faithfulness_table(model: nn.Module, methods: Mapping[str, AttributionMethod
     return table
 
 
-__all__ = ["Explanations", "TARGET_MODES", "build_methods", "explain", "faithfulness", "faithfulness_table",
+__all__ = ["Explanations", "Progress", "TARGET_MODES", "build_methods", "explain", "faithfulness", "faithfulness_table",
            "predict_logits", "resolve_targets"]

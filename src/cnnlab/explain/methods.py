@@ -8,7 +8,6 @@ SmoothGrad), N×1×H×W for Grad-CAM (upsampled from the layer grid unless ``ups
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from typing import Any, Callable, ClassVar
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.models.registry import gradcam_layer
+from cnnlab.utils.registry import Registry
 from cnnlab.utils.seeding import derive_seed, fork_rng_seeded, make_generator
 
 
@@ -45,33 +45,30 @@ class AttributionMethod:
         return f"{type(self).__name__}({args})"
 
 
-_METHODS: dict[str, type[AttributionMethod]] = {}
+METHODS: Registry[type[AttributionMethod]] = Registry(
+    "attribution method", error=KeyError, hint="`cnnlab explain methods` lists them with their options.")
 
 
 def register_method(name: str) -> Callable[[type[AttributionMethod]], type[AttributionMethod]]:
-    """Class decorator: register an :class:`AttributionMethod` subclass under ``name``."""
+    """Class decorator: register an :class:`AttributionMethod` subclass under ``name`` (a taken name is refused)."""
 
     def deco(cls: type[AttributionMethod]) -> type[AttributionMethod]:
-        if name in _METHODS:
+        if name in METHODS:
             raise ValueError(f"attribution method {name!r} is registered twice")
         cls.name = name
-        _METHODS[name] = cls
+        METHODS.register(name, cls)
         return cls
 
     return deco
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(METHODS.names())
 
 
 def method_class(name: str) -> type[AttributionMethod]:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown attribution method {name!r}.{hint} Available: {', '.join(list_methods())}") from None
+    """The registered class of ``name``; an unknown name is a KeyError naming the closest ones."""
+    return METHODS.get(name)
 
 
 def method_options(name: str) -> list[str]:
@@ -320,6 +317,6 @@ class SmoothGrad(AttributionMethod):
 
 
 __all__ = [
-    "AttributionMethod", "BASELINES", "GradCAM", "IntegratedGradientsMethod", "SaliencyMethod", "SmoothGrad",
+    "AttributionMethod", "BASELINES", "GradCAM", "METHODS", "IntegratedGradientsMethod", "SaliencyMethod", "SmoothGrad",
     "create_method", "gaussian_blur", "list_methods", "method_class", "method_options", "register_method", "to_map",
 ]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from cnnlab.utils.plotting import save_figure  # noqa: F401  (re-exported: the analyses save through it)
+from cnnlab.utils.plotting import pyplot, save_figure  # save_figure re-exported: the analyses save through it
 
 
 def display_images(images_uint8: torch.Tensor) -> np.ndarray:
@@ -25,6 +25,31 @@ def _resize_display(img: np.ndarray, h: int, w: int) -> np.ndarray:
         return img
     t = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
     return torch.nn.functional.interpolate(t, size=(h, w), mode="nearest").squeeze(0).permute(1, 2, 0).numpy()
+
+
+def _class_namer(class_names: Sequence[str] | None) -> Callable[[Any], str]:
+    """Class index -> its name (or the index as text when the dataset has no names)."""
+    def name(c: Any) -> str:
+        i = int(c)
+        return class_names[i] if class_names is not None else str(i)
+
+    return name
+
+
+def _show_map(ax: Any, m: np.ndarray, signed: bool) -> None:
+    """One map, scaled per image: signed maps symmetric red/blue around 0, others |map| from 0 to its max."""
+    if signed:
+        v = float(np.abs(m).max()) or 1.0
+        ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
+    else:
+        a = np.abs(m)
+        ax.imshow(a, cmap="inferno", vmin=0.0, vmax=float(a.max()) or 1.0, interpolation="nearest")
+
+
+def _no_ticks(axes: Any) -> None:
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 def save_explanation_grid(
@@ -47,16 +72,12 @@ def save_explanation_grid(
     Each map is scaled per image (signed maps: symmetric red/blue around 0; non-negative maps: 0..max);
     overlays show |map| scaled 0..max. Titles name the image index, true/predicted class and the target.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(maps)
     n = images_uint8.shape[0]
     if any(m.shape[0] != n for m in maps.values()):
         raise ValueError(f"every map must cover the {n} images")
-    cls = (lambda c: class_names[int(c)] if class_names is not None else str(int(c)))
+    cls = _class_namer(class_names)
     method_labels = dict(method_labels or {})
     signed = dict(signed or {})
     shown = display_images(images_uint8)
@@ -76,23 +97,16 @@ def save_explanation_grid(
             m = maps[name][i].detach().cpu().double().numpy()
             lab = method_labels.get(name, name)
             ax_map, ax_ov = axes[i, 1 + 2 * j], axes[i, 2 + 2 * j]
-            if signed.get(name, bool((m < 0).any())):
-                v = float(np.abs(m).max()) or 1.0
-                ax_map.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
-            else:
-                ax_map.imshow(m, cmap="inferno", vmin=0.0, vmax=float(m.max()) or 1.0, interpolation="nearest")
+            _show_map(ax_map, m, signed.get(name, bool((m < 0).any())))
             ax_map.set_title(f"{lab}\ntarget: {cls(targets[i])}", fontsize=9)
             a = np.abs(m)
             a = a / (a.max() or 1.0)
             ax_ov.imshow(_resize_display(shown[i], *a.shape), interpolation="nearest")
             ax_ov.imshow(a, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
             ax_ov.set_title(f"{lab} overlay", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+    _no_ticks(axes)
     fig.suptitle((title + "\n" if title else "") + "maps scaled per image; overlay = |map|", fontsize=10)
     save_figure(fig, path)
-
 
 
 def save_resolution_grid(
@@ -107,14 +121,10 @@ def save_resolution_grid(
     title: str = "",
 ) -> None:
     """One row per image: the original, then one method's map from each run (each at its own resolution)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = images_uint8.shape[0]
     runs = list(maps_by_run)
-    cls = (lambda c: class_names[int(c)] if class_names is not None else str(int(c)))
+    cls = _class_namer(class_names)
     shown = display_images(images_uint8)
     ncols = 1 + len(runs)
     fig, axes = plt.subplots(n, ncols, figsize=(2.1 * ncols, 2.6 * n + 0.8), squeeze=False, layout="constrained")
@@ -125,15 +135,9 @@ def save_resolution_grid(
         for j, run in enumerate(runs):
             m = maps_by_run[run][i].detach().cpu().double().numpy()
             ax = axes[i, 1 + j]
-            if signed:
-                v = float(np.abs(m).max()) or 1.0
-                ax.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v, interpolation="nearest")
-            else:
-                ax.imshow(np.abs(m), cmap="inferno", vmin=0.0, vmax=float(np.abs(m).max()) or 1.0, interpolation="nearest")
+            _show_map(ax, m, signed)
             ax.set_title(f"{run} ({m.shape[0]}×{m.shape[1]})", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+    _no_ticks(axes)
     fig.suptitle((title + "\n" if title else "") + "each map scaled per image", fontsize=10)
     save_figure(fig, path)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from cnnlab.explain.runs import AnalysisRun
+from cnnlab.engine.analysis_run import AnalysisRun
 from cnnlab.info.estimators import CORRECTIONS, paired_masking_stats
 from cnnlab.info.masking import activation_shape, draw_masks, masked_output
 from cnnlab.models.registry import masking_layer
@@ -104,8 +104,15 @@ def clean_accuracy(run: AnalysisRun, split: str, n: int | None = None, seed: int
     return float((pred == data.labels[idx]).float().mean()), int(idx.numel())
 
 
-def masking_mi(run: AnalysisRun, split: str, cfg: MIConfig) -> dict[str, Any]:
-    """MI / accuracy unmasked vs masked on ``cfg.n_examples`` examples of ``split``, per keep fraction."""
+def masks_per_split(cfg: MIConfig) -> int:
+    """Masked evaluations of one split: the unit ``progress`` counts in (len(keeps) x n_masks)."""
+    return len(cfg.keeps) * cfg.n_masks
+
+
+def masking_mi(run: AnalysisRun, split: str, cfg: MIConfig, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """MI / accuracy unmasked vs masked on ``cfg.n_examples`` examples of ``split``, per keep fraction.
+
+    ``progress(1)`` is called after each masked evaluation (``masks_per_split(cfg)`` of them)."""
     data = run.split(split)
     idx = select_examples(len(data), cfg.n_examples, cfg.seed, split)
     images, labels = data.images[idx], data.labels[idx]
@@ -119,7 +126,12 @@ def masking_mi(run: AnalysisRun, split: str, cfg: MIConfig) -> dict[str, Any]:
     per_keep = []
     for keep in cfg.keeps:
         masks = draw_masks(shape, keep, cfg.n_masks, cfg.mask_seed)
-        preds = torch.stack([predict(run.model, inputs, tf, cfg.batch_size, mask=m, layer=layer) for m in masks])
+        per_mask = []
+        for m in masks:
+            per_mask.append(predict(run.model, inputs, tf, cfg.batch_size, mask=m, layer=layer))
+            if progress is not None:
+                progress(1)
+        preds = torch.stack(per_mask)
         stats = paired_masking_stats(labels, ref, preds, num_classes=num_classes, correction=cfg.correction,
                                      n_boot=cfg.n_boot, confidence=cfg.confidence, seed=cfg.seed,
                                      stream=f"mi/bootstrap/{split}")
@@ -131,11 +143,13 @@ def masking_mi(run: AnalysisRun, split: str, cfg: MIConfig) -> dict[str, Any]:
             "keeps": per_keep}
 
 
-def mi_report(run: AnalysisRun, cfg: MIConfig | None = None) -> dict[str, Any]:
-    """The full analysis of one model: masking MI per split plus clean accuracies and the generalisation gap."""
+def mi_report(run: AnalysisRun, cfg: MIConfig | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The full analysis of one model: masking MI per split plus clean accuracies and the generalisation gap.
+
+    ``progress`` as in :func:`masking_mi`, over all splits (``len(cfg.splits) * masks_per_split(cfg)`` calls)."""
     cfg = cfg or MIConfig()
     run.model.eval()
-    splits = {s: masking_mi(run, s, cfg) for s in cfg.splits}
+    splits = {s: masking_mi(run, s, cfg, progress) for s in cfg.splits}
     acc: dict[str, Any] = {}
     if set(cfg.splits) == set(SPLITS):
         tr, n_tr = clean_accuracy(run, "train", cfg.gap_examples, cfg.seed, cfg.batch_size)
@@ -148,4 +162,4 @@ def mi_report(run: AnalysisRun, cfg: MIConfig | None = None) -> dict[str, Any]:
             "splits": splits, "accuracy": acc}
 
 
-__all__ = ["MIConfig", "SPLITS", "clean_accuracy", "masking_mi", "mi_report", "predict", "select_examples"]
+__all__ = ["MIConfig", "SPLITS", "clean_accuracy", "masking_mi", "masks_per_split", "mi_report", "predict", "select_examples"]

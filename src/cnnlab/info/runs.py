@@ -14,12 +14,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from cnnlab.info.analysis import MIConfig, mi_report
+from cnnlab.info.analysis import MIConfig, masks_per_split, mi_report
 from cnnlab.utils.io import write_json_atomic, write_text_atomic
 
 RESULT_FILE = Path("analysis") / "mi.json"
+
+
+def run_units(cfg: MIConfig) -> int:
+    """Masked evaluations of one run (what ``compute_run_mi``'s progress counts to)."""
+    return len(cfg.splits) * masks_per_split(cfg)
 
 
 def result_path(run_dir: str | os.PathLike) -> Path:
@@ -35,20 +40,23 @@ def load_run_mi(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def compute_run_mi(run_dir: str | os.PathLike, cfg: MIConfig | None = None, *, force: bool = False,
-                   device: str | None = None) -> dict[str, Any]:
+                   device: str | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Masking-MI of a finished run, stored in ``RUN_DIR/analysis/mi.json``; cached unless ``force``.
 
-    A stored result computed with different settings is recomputed (and replaced).
+    A stored result computed with different settings is recomputed (and replaced). ``progress(n)`` counts
+    masked evaluations (``run_units(cfg)`` per run; a stored result counts them all at once).
     """
-    from cnnlab.explain.runs import open_run
+    from cnnlab.engine.analysis_run import open_run
 
     cfg = cfg or MIConfig()
     stored = None if force else load_run_mi(run_dir)
     if stored is not None and stored.get("config") == cfg.to_dict():
         stored["cached"] = True
+        if progress is not None:
+            progress(run_units(cfg))
         return stored
     run = open_run(run_dir, device=device)
-    report = mi_report(run, cfg)
+    report = mi_report(run, cfg, progress)
     report["run"] = run.name
     write_json_atomic(result_path(run_dir), report)
     report["cached"] = False
@@ -98,33 +106,34 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 def plot_mi_vs_gap(rows: Sequence[Mapping[str, Any]], factor: str, path: str | os.PathLike) -> None:
     """MI drop (with bootstrap interval) vs generalisation gap, coloured by ``factor``; one panel per
     (split, keep fraction). Numeric factors with many values get a colour bar, others a legend."""
-    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cnnlab.utils.plotting import pyplot, save_figure
 
-    from cnnlab.utils.plotting import save_figure
-
+    plt = pyplot()
     rows = [r for r in rows if r.get("gen_gap") is not None]
     if not rows:
         raise ValueError("no rows with a generalisation gap (the analysis needs both the train and the test split)")
     splits = sorted({r["split"] for r in rows}, key=lambda s: (s != "train", s))
     keeps = sorted({r["keep"] for r in rows})
-    values = [r.get(factor) for r in rows]
+    values: list[Any] = [r.get(factor) for r in rows]
     distinct = sorted({repr(v) for v in values})
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and len(distinct) > 6
+    nums = [float(v) for v in values] if numeric else []
     fig, axes = plt.subplots(len(splits), len(keeps), figsize=(4.2 * len(keeps) + 1.5, 3.6 * len(splits) + 0.6),
                              squeeze=False, layout="constrained")
     cmap = plt.get_cmap("viridis" if numeric else "tab10")
-    norm = matplotlib.colors.Normalize(min(values), max(values)) if numeric else None
+    norm = Normalize(min(nums), max(nums)) if numeric else None
     order = {d: i for i, d in enumerate(distinct)}
     for i, split in enumerate(splits):
         for j, keep in enumerate(keeps):
             ax = axes[i, j]
             sel = [r for r in rows if r["split"] == split and r["keep"] == keep]
             for r in sel:
-                v = r.get(factor)
-                color = cmap(norm(v)) if numeric else cmap(order[repr(v)] % 10)
+                v: Any = r.get(factor)
+                color = cmap(norm(float(v))) if norm is not None else cmap(order[repr(v)] % 10)
                 y, lo, hi = r["mi_diff"], r["mi_diff_low"], r["mi_diff_high"]
                 ax.errorbar(r["gen_gap"], y, yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="o", color=color,
                             ecolor=color, alpha=0.85, capsize=2, markersize=5)
@@ -133,10 +142,10 @@ def plot_mi_vs_gap(rows: Sequence[Mapping[str, Any]], factor: str, path: str | o
             ax.set_xlabel("generalisation gap (clean train acc - test acc)")
             ax.set_ylabel("MI drop (bits)")
     if numeric:
-        sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+        sm = ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(sm, ax=axes, label=factor, shrink=0.8)
     else:
-        handles = [matplotlib.lines.Line2D([], [], marker="o", ls="", color=cmap(order[d] % 10), label=_short(d))
+        handles = [Line2D([], [], marker="o", ls="", color=cmap(order[d] % 10), label=_short(d))
                    for d in distinct]
         fig.legend(handles=handles, title=factor, loc="outside right upper", fontsize=8)
     fig.suptitle(f"MI(Y;Ŷ) drop under first-layer masking vs generalisation gap, by {factor}\n"
@@ -178,5 +187,5 @@ def summarize(entries: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]
             "files": {"csv": str(out / "mi_summary.csv"), "json": str(out / "mi_summary.json"), "plots": plots}}
 
 
-__all__ = ["RESULT_FILE", "compute_run_mi", "load_run_mi", "plot_mi_vs_gap", "result_path", "rows_to_csv",
+__all__ = ["RESULT_FILE", "compute_run_mi", "load_run_mi", "plot_mi_vs_gap", "result_path", "rows_to_csv", "run_units",
            "summarize", "summary_rows"]

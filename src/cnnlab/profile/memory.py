@@ -47,7 +47,7 @@ def run_pass(spec: PassSpec, device: torch.device | str = "cpu") -> None:
             model(x)
 
 
-def cuda_peak_memory(spec: PassSpec, device: torch.device | str = "cuda") -> dict[str, float]:
+def cuda_peak_memory(spec: PassSpec, device: torch.device | str = "cuda") -> dict[str, float | str]:
     """Peak CUDA memory (MiB) of building the model and running the pass, above what was allocated before."""
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
@@ -80,7 +80,7 @@ def idle_baseline_kib(timeout: float = 600.0) -> int:
     return _IDLE_KIB[0]
 
 
-def cpu_peak_memory(spec: PassSpec, timeout: float = 600.0) -> dict[str, float]:
+def cpu_peak_memory(spec: PassSpec, timeout: float = 600.0) -> dict[str, float | str]:
     """Peak RSS (MiB) of the pass in a fresh subprocess minus that of an idle subprocess (measured once)."""
     idle = idle_baseline_kib(timeout)
     used = _probe(spec, timeout)

@@ -5,27 +5,22 @@ the libraries.
 On Linux the peak is ``VmHWM`` from ``/proc/self/status``: the high-water mark of this process's own
 address space, which starts afresh at exec. ``ru_maxrss`` is not used there because Linux carries the
 parent's peak over into a forked-and-exec'd child (a 500 MB test runner would mask a 50 MB pass).
-Elsewhere ``ru_maxrss`` is used (bytes on macOS, KiB on other systems).
+Elsewhere ``ru_maxrss`` is used (bytes on macOS, KiB on other systems). Both through the one probe,
+:func:`cnnlab.utils.memory.peak_rss_bytes`; only the subprocess around it is this module's.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 
 def peak_rss_kib() -> tuple[int, str]:
-    """This process's peak resident set size in KiB, and where it came from."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]), "VmHWM"
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (rss // 1024 if sys.platform == "darwin" else rss), "ru_maxrss"
+    """This process's peak resident set size in KiB (:func:`cnnlab.utils.memory.peak_rss_bytes`), and its source."""
+    from cnnlab.utils.memory import peak_rss_bytes
+
+    source = "VmHWM" if sys.platform.startswith("linux") else "ru_maxrss"
+    return peak_rss_bytes() // 1024, source
 
 
 def main(argv: list[str]) -> int:

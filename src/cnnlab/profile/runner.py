@@ -231,13 +231,11 @@ def export(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> dic
 
 def plot_families(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> dict[str, str]:
     """One PNG per family: forward GFLOPs and batch-1 latency vs resolution, one line per model."""
-    import matplotlib
+    from matplotlib.ticker import NullLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cnnlab.utils.plotting import pyplot, save_figure
 
-    from cnnlab.utils.plotting import save_figure
-
+    plt = pyplot()
     rows = [table_row(e) for e in entries]
     files = {}
     for family in sorted({r["family"] for r in rows}):
@@ -254,7 +252,7 @@ def plot_families(entries: Sequence[dict[str, Any]], out_dir: str | os.PathLike)
             ax.set_yscale("log")
             ticks = sorted({r["resolution"] for r in fam})
             ax.set_xticks(ticks, [str(t) for t in ticks])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlabel("input resolution (px)")
             ax.set_ylabel(ylab)
             ax.grid(True, which="both", alpha=0.3)

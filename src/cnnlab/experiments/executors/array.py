@@ -1,8 +1,10 @@
-"""What every job-array scheduler shares: an :class:`ArrayJob` (task command + task ids), the task body of the
-script (set-up, threads, index lookup), writing the script, calling the submit tool, and :class:`ArrayExecutor`.
+"""What every job-array scheduler shares: its options (:class:`ClusterOptions`), an :class:`ArrayJob` (task
+command + task ids), the script (header of directives, set-up, threads, index lookup), writing it, calling the
+submit tool, and :class:`ArrayExecutor`.
 
-A new array engine is one module: subclass ``ArrayExecutor``, set ``name`` / ``task_var`` / ``submit_tool``,
-write ``header`` (the scheduler's ``#`` directives) and ``job_id``, give its options model, register it.
+A new array engine is one module: subclass ``ArrayExecutor``, set ``name`` / ``tool`` / ``task_var`` /
+``submit_argv`` / ``directive``, write ``directives`` (the scheduler's own options) and ``job_id``, and
+register it (its options model is :class:`ClusterOptions` unless it needs more).
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
+from pydantic import Field
+
+from cnnlab.engine.config import StrictModel
 from cnnlab.experiments.executors.base import (Executor, SubmitRequest, Submission, job_name, shell_join, submit_dir,
                                                task_command)
-from cnnlab.experiments.spec import ClusterOptions
 from cnnlab.experiments.sweep import Sweep
+
+
+class ClusterOptions(StrictModel):
+    """Job-array options from the sweep file's ``executors:`` section (``sge:``, ``slurm:``, ...)."""
+
+    options: list[str] = Field(default_factory=list, description="raw scheduler options, e.g. '-l h_vmem=8G' or '--mem=8G'")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the task, e.g. 'module load cuda'")
+    threads: Optional[int] = Field(None, ge=1, description="torch/OpenMP threads per task")
+    max_concurrent: Optional[int] = Field(None, ge=1, description="tasks running at once (-tc / %K)")
+    python: Optional[str] = Field(None, description="interpreter for the task command (default: this one)")
 
 
 @dataclass
@@ -80,26 +94,35 @@ def run_submit(argv: list[str], tool: str) -> str:
 
 
 class ArrayExecutor(Executor):
-    """A scheduler of job arrays. Subclasses: ``name``, ``tool`` (display name), ``task_var``, ``submit_argv``,
-    ``uses_table`` (array ids are ranges: subsets need a lookup table), ``options_model``, ``header`` and ``job_id``."""
+    """A scheduler of job arrays. Subclasses set ``name``, ``tool`` (display name), ``task_var`` (the array task id
+    variable), ``submit_argv``, ``directive`` (the script prefix of scheduler options, e.g. ``#SBATCH``) and
+    ``uses_table`` (array ids are ranges: subsets need a lookup table), and implement ``directives`` and ``job_id``
+    (or ``header`` whole)."""
 
-    tool = ""
-    task_var = ""
-    submit_argv: tuple[str, ...] = ()
-    uses_table = False
+    tool: ClassVar[str] = ""
+    task_var: ClassVar[str] = ""
+    submit_argv: ClassVar[tuple[str, ...]] = ()
+    directive: ClassVar[str] = ""
+    uses_table: ClassVar[bool] = False
+    options_model = ClusterOptions
+
+    def directives(self, job: ArrayJob, opts: ClusterOptions, max_concurrent: Optional[int],
+                   threads: Optional[int]) -> list[str]:
+        """The scheduler's own options for this job (name, working directory, logs, array range), unprefixed."""
+        raise NotImplementedError
+
+    def summary(self, job: ArrayJob) -> str:
+        """The script's comment line: what runs, in how many tasks."""
+        return f"{job.what}: {len(job.ids)} tasks"
 
     def header(self, job: ArrayJob, opts: ClusterOptions, max_concurrent: Optional[int], threads: Optional[int]) -> list[str]:
-        raise NotImplementedError
+        """``#!/bin/bash``, the directives, the user's raw ``options`` (after ours, so they win), a comment."""
+        own = self.directives(job, opts, max_concurrent, threads)
+        return (["#!/bin/bash"] + [f"{self.directive} {d}" for d in own + list(opts.options)]
+                + [f"# {self.summary(job)}"])
 
     def job_id(self, stdout: str) -> str:
         raise NotImplementedError
-
-    options_model: type[ClusterOptions] = ClusterOptions
-
-    def options(self, sweep: Optional[Sweep]) -> ClusterOptions:
-        """This engine's options from a sweep file's ``executors:`` section (its defaults where there are none)."""
-        found = getattr(sweep.spec.executors, self.name, None) if sweep is not None else None
-        return found if found is not None else self.options_model()
 
     def script(self, job: ArrayJob, opts: ClusterOptions, request: SubmitRequest) -> str:
         k = request.max_concurrent or opts.max_concurrent
@@ -114,14 +137,15 @@ class ArrayExecutor(Executor):
         if not job.ids:
             return Submission(self.name, [])
         path = write_script(job.directory, self.name, self.script(job, opts, request))
-        sub = Submission(self.name, list(job.ids), script=path, command=[*self.submit_argv, str(path)])
+        command = [*self.submit_argv, str(path)]
+        sub = Submission(self.name, list(job.ids), script=path, command=command)
         if not request.dry_run:
-            sub.job_id = self.job_id(run_submit(sub.command, self.tool))
+            sub.job_id = self.job_id(run_submit(command, self.tool))
             sub.submitted = True
         return sub
 
     def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
-        opts = self.options(sweep)
+        opts: ClusterOptions = self.options(sweep)
         threads = request.threads or opts.threads
         req = SubmitRequest(**{**request.__dict__, "threads": threads})
         return self.submit_job(sweep_job(sweep, req, opts.python), opts, req)

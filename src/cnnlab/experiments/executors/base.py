@@ -1,4 +1,4 @@
-"""Executor registry and what all executors share: the request, the submission record, the task command."""
+"""The executor base and registry, and what all executors share: the request, the submission record, the task command."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
+
+from pydantic import BaseModel
 
 from cnnlab.experiments.sweep import Sweep, SweepRun
+from cnnlab.utils.registry import Registry
 
 
 @dataclass
@@ -46,34 +49,70 @@ class Submission:
 
 
 class Executor:
-    """Subclass, set ``name`` and implement ``submit``; register with ``@register_executor``."""
+    """Where runs execute. Subclasses must provide:
 
-    name = ""
-    description = ""
+    - ``name``: the executor's name (``--executor NAME``, the key of its section under the sweep file's
+      ``executors:``), and a one-line ``description``;
+    - ``options_model``: a pydantic model of that section's options (every field with a default);
+    - ``submit(sweep, request)``: execute or hand out ``request.runs`` and say what was done.
+
+    Set ``waits = True`` where ``submit`` returns only when the runs finished (with their outcomes), as the
+    local and Ray executors do, rather than when a job was queued. Register with ``@register_executor``: that
+    one module is the whole executor (the CLI, sweep-file validation and ``cnnlab sweep executors`` read the
+    registry).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options_model: ClassVar[type[BaseModel]] = BaseModel
+    waits: ClassVar[bool] = False
+
+    def options(self, sweep: Optional[Sweep]) -> Any:
+        """This executor's options from the sweep file's ``executors:`` section (the model's defaults where
+        there are none)."""
+        found = sweep.spec.executors.given.get(self.name) if sweep is not None else None
+        return found if found is not None else self.options_model()
 
     def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
         raise NotImplementedError
 
 
-EXECUTORS: dict[str, type[Executor]] = {}
+EXECUTORS: Registry[type[Executor]] = Registry(
+    "executor", error=ValueError, hint="`cnnlab sweep executors` lists them with their options.")
 
 
 def register_executor(cls: type[Executor]) -> type[Executor]:
+    """Class decorator: register an :class:`Executor` subclass under its ``name`` (a taken name is refused)."""
     if not cls.name or cls.name in EXECUTORS:
         raise ValueError(f"executor name {cls.name!r} is empty or registered twice")
-    EXECUTORS[cls.name] = cls
+    EXECUTORS.register(cls.name, cls)
     return cls
 
 
 def get_executor(name: str) -> Executor:
-    try:
-        return EXECUTORS[name]()
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}") from None
+    """An instance of the executor registered as ``name``; an unknown name is a ValueError naming the closest."""
+    return EXECUTORS.get(name)()
 
 
 def list_executors() -> list[str]:
-    return sorted(EXECUTORS)
+    return sorted(EXECUTORS.names())
+
+
+def describe_executors() -> list[dict[str, Any]]:
+    """Name, description and options (type, default, description) of every registered executor."""
+    out = []
+    for name in list_executors():
+        cls = EXECUTORS.get(name)
+        options = {}
+        for key, f in cls.options_model.model_fields.items():
+            default = f.get_default(call_default_factory=True)
+            options[key] = {"type": _type_name(f.annotation), "default": default, "description": f.description or ""}
+        out.append({"name": name, "description": cls.description, "options": options})
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 def todo_runs(sweep: Sweep, *, retry_failed: bool = False, rerun_stale: bool = False,

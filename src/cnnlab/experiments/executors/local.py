@@ -15,9 +15,19 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from pydantic import Field
+
+from cnnlab.engine.config import StrictModel
 from cnnlab.experiments.executors.base import Executor, SubmitRequest, Submission, register_executor
 from cnnlab.experiments.runner import Outcome, run_one
 from cnnlab.experiments.sweep import Sweep, SweepRun
+
+
+class LocalOptions(StrictModel):
+    """``executors: {local: ...}`` of a sweep file."""
+
+    workers: int = Field(1, ge=1, description="worker processes on this machine")
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
 
 
 def default_threads(workers: int) -> int:
@@ -163,7 +173,11 @@ def _run_workers(sweep: Sweep, indices: list[int], workers: int, threads: int, k
     torch.set_num_threads(threads)
     finished = False
     try:
-        _loop(sweep, indices, kw, lambda out: (take(out), drain()), poll_s)
+        def take_and_drain(out: Outcome) -> None:
+            take(out)
+            drain()
+
+        _loop(sweep, indices, kw, take_and_drain, poll_s)
         torch.set_num_threads(before)
         while len(exited) < len(procs):
             try:
@@ -198,9 +212,11 @@ def _run_workers(sweep: Sweep, indices: list[int], workers: int, threads: int, k
 class LocalExecutor(Executor):
     name = "local"
     description = "worker processes on this machine (cnnlab sweep run)"
+    options_model = LocalOptions
+    waits = True
 
     def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
-        opts = sweep.spec.executors.local
+        opts: LocalOptions = self.options(sweep)
         outcomes = run_local(sweep, request.runs, workers=request.workers or opts.workers,
                              threads_per_worker=request.threads or opts.threads_per_worker,
                              retry_failed=request.retry_failed, rerun_stale=request.rerun_stale,

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pydantic import Field
+
+from cnnlab.engine.config import StrictModel
 from cnnlab.experiments.executors.base import Executor, SubmitRequest, Submission, register_executor
 from cnnlab.experiments.runner import Outcome, run_one
 from cnnlab.experiments.sweep import Sweep
+
+
+class RayOptions(StrictModel):
+    """``executors: {ray: ...}`` of a sweep file."""
+
+    address: Optional[str] = Field(None, description="'auto' or ray://host:port; default: start a local Ray")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per run (Ray task)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per run (Ray task)")
 
 
 def _task(sweep: Sweep, index: int, retry_failed: bool, mlflow_uri: Optional[str], threads: int,
@@ -27,7 +38,7 @@ def run_ray(sweep: Sweep, request: SubmitRequest) -> list[Outcome]:
         import ray
     except ImportError:
         raise ImportError("the ray executor needs Ray: pip install 'cnnlab[ray]'") from None
-    opts = sweep.spec.executors.ray
+    opts: RayOptions = sweep.spec.executors.get("ray")
     address = request.address or opts.address
     from cnnlab.utils.ray_session import init_ray
 
@@ -60,6 +71,8 @@ def run_ray(sweep: Sweep, request: SubmitRequest) -> list[Outcome]:
 class RayExecutor(Executor):
     name = "ray"
     description = "Ray tasks on a running cluster (--address) or a local Ray"
+    options_model = RayOptions
+    waits = True
 
     def submit(self, sweep: Sweep, request: SubmitRequest) -> Submission:
         if request.dry_run:

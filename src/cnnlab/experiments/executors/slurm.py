@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from cnnlab.experiments.executors.array import ArrayExecutor, ArrayJob
+from cnnlab.experiments.executors.array import ArrayExecutor, ArrayJob, ClusterOptions
 from cnnlab.experiments.executors.base import compress_indices, register_executor
-from cnnlab.experiments.spec import ClusterOptions
 
 
 @register_executor
@@ -18,16 +17,16 @@ class SlurmExecutor(ArrayExecutor):
     description = "Slurm job array (sbatch --array=IDX%K)"
     task_var = "SLURM_ARRAY_TASK_ID"
     submit_argv = ("sbatch", "--parsable")
+    directive = "#SBATCH"
 
-    def header(self, job: ArrayJob, opts: ClusterOptions, max_concurrent: Optional[int], threads: Optional[int]) -> list[str]:
+    def directives(self, job: ArrayJob, opts: ClusterOptions, max_concurrent: Optional[int],
+                   threads: Optional[int]) -> list[str]:
         array = compress_indices(job.ids) + (f"%{max_concurrent}" if max_concurrent else "")
-        head = ["#!/bin/bash", f"#SBATCH --job-name={job.name}", f"#SBATCH --chdir={Path.cwd()}",
-                f"#SBATCH --output={job.directory / 'logs'}/%x-%A_%a.out", f"#SBATCH --array={array}"]
+        own = [f"--job-name={job.name}", f"--chdir={Path.cwd()}", f"--output={job.directory / 'logs'}/%x-%A_%a.out",
+               f"--array={array}"]
         if threads and not any(o.startswith(("--cpus-per-task", "-c")) for o in opts.options):
-            head.append(f"#SBATCH --cpus-per-task={threads}")
-        head += [f"#SBATCH {o}" for o in opts.options]
-        head.append(f"# {job.what}: {len(job.ids)} tasks")
-        return head
+            own.append(f"--cpus-per-task={threads}")
+        return own
 
     def job_id(self, stdout: str) -> str:
         return stdout.split(";", 1)[0].strip()
