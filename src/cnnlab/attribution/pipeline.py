@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 
 from cnnlab.attribution import baselines as bl
+from cnnlab.attribution.chunks import MagicChunks, matches_checkpoint
 from cnnlab.attribution.lds import LDSStudy, Regime, population_available, predictions, reset_study
 from cnnlab.attribution.magic import MagicResult, compute_magic, prepare_config
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
@@ -115,17 +116,50 @@ def magic_analysis(
                            compile=compile, compile_chunk=compile_chunk)
     # a replay seeded with the training run's own states explains that run by construction: nothing to compare
     result.settings["matches_trained_run"] = (None if result.stats.reused_states
-                                              else _matches_checkpoint(run_dir, result.final_state, dtype))
+                                              else matches_checkpoint(run_dir, result.final_state, dtype))
     if result.settings["matches_trained_run"] is False:
         log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine, library "
                     "version or torch thread count?); the scores explain the replayed run", run_dir)
+    _save_and_plot(run_dir, result, ds, plot_columns, plot_k)
+    return result, False
+
+
+def _save_and_plot(run_dir: Path, result: MagicResult, ds: ImageDataset, plot_columns: Sequence[int] | None,
+                   plot_k: int) -> None:
     save_magic(run_dir, result)
     if plot_columns:
         cols = [c for c in plot_columns if c < result.target_indices.numel()]
         plot_proponents(result.scores, result.train_indices, result.target_indices, ds, cols,
                         run_dir / "plots" / "proponents.png", k=plot_k, higher_is_better=result.higher_is_better,
                         measurement=result.measurement)
-    return result, False
+
+
+def reusable_magic(run_dir: str | Path, targets: Sequence[int], measure: Union[str, Measurement, MeasureFn] = "loss",
+                   dtype: torch.dtype = torch.float32) -> MagicResult | None:
+    """The MAGIC result saved in ``run_dir`` if it was computed for these targets, measurement and dtype."""
+    meta = read_magic_meta(run_dir)
+    if meta is not None and _same_request(meta, list(targets), get_measurement(measure).name, dtype):
+        return load_magic(run_dir)
+    return None
+
+
+def magic_chunks(run_dir: str | Path, targets: Sequence[int], chunk: int, *, force: bool = False,
+                 dataset: ImageDataset | None = None, **kw: Any) -> MagicChunks:
+    """The chunks of a MAGIC request on the run in ``run_dir`` (see :class:`~cnnlab.attribution.chunks.MagicChunks`,
+    which takes ``kw``: measure, checkpointing, tree_k, dtype, vjp, offload, compile, compile_chunk).
+    ``force``: delete chunks computed earlier. Nothing is computed here."""
+    config = read_run_config(run_dir)
+    return MagicChunks(run_dir, config, targets, chunk, dataset=dataset or load_run_dataset(config), force=force, **kw)
+
+
+def merge_magic_chunks(chunks: MagicChunks, *, plot_columns: Sequence[int] | None = (0, 1, 2, 3),
+                       plot_k: int = 6) -> MagicResult:
+    """Merge every chunk (shape, index metadata and provenance checked) into the run's one scores file
+    (scores.pt, scores.npy, magic.json), with the proponent plots of :func:`magic_analysis`."""
+    result = chunks.merge()
+    ds = chunks.dataset or load_run_dataset(chunks.config)
+    _save_and_plot(chunks.run_dir, result, ds, plot_columns, plot_k)
+    return result
 
 
 def load_run_dataset(config: RunConfig) -> ImageDataset:
@@ -134,14 +168,6 @@ def load_run_dataset(config: RunConfig) -> ImageDataset:
         return load_dataset(config.data.name, root=config.data.root, **config.data.options)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise ConfigError(f"data.name: cannot load dataset {config.data.name!r}: {e}") from None
-
-
-def _matches_checkpoint(run_dir: Path, state: TrainState | None, dtype: torch.dtype) -> bool | None:
-    path = run_dir / "checkpoints" / "last.pt"
-    if state is None or dtype != torch.float32 or not path.is_file():
-        return None
-    saved = load_checkpoint(path)["state"]["params"]
-    return all(torch.equal(saved[n], p.detach().cpu()) for n, p in state.params.items())
 
 
 def final_state(run_dir: str | Path, config: RunConfig, dataset: ImageDataset | None = None):
