@@ -26,9 +26,12 @@ import torch
 from cnnlab.attribution.magic import MagicResult, compute_magic, prepare_config
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import ReplayStats
+from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import RunConfig
+from cnnlab.engine.rundir import config_digest
 from cnnlab.engine.step import TrainState
+from cnnlab.engine.trainer import load_checkpoint
 from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 from cnnlab.utils.tagged import load_tagged
 
@@ -38,8 +41,6 @@ CHUNK_DIR = "magic_chunks"
 
 def matches_checkpoint(run_dir: str | Path, state: TrainState | None, dtype: torch.dtype) -> bool | None:
     """Whether a replay's final ``state`` is bitwise the run's ``checkpoints/last.pt`` (None: nothing to compare)."""
-    from cnnlab.engine.trainer import load_checkpoint
-
     path = Path(run_dir) / "checkpoints" / "last.pt"
     if state is None or dtype != torch.float32 or not path.is_file():
         return None
@@ -83,8 +84,6 @@ class MagicChunks:
                  dtype: torch.dtype = torch.float32, vjp: str = "auto", offload: bool = False,
                  compile: bool = False, compile_chunk: int = 4, dataset: ImageDataset | None = None,
                  force: bool = False):
-        from cnnlab.engine.rundir import config_digest
-
         self.run_dir = Path(run_dir)
         self.config = prepare_config(config)
         self.targets = [int(i) for i in targets]
@@ -202,7 +201,7 @@ class MagicChunks:
         settings = {**blobs[0]["settings"], "time_s": sum(b["settings"]["time_s"] for b in blobs),
                     "chunks": len(self), "chunk": self.chunk,
                     "matches_trained_run": None if None in matches else all(matches)}
-        return MagicResult(torch.cat([b["scores"] for b in blobs], 1), train.clone(),
-                           torch.as_tensor(self.targets, dtype=torch.long), self.measurement,
-                           bool(blobs[0]["higher_is_better"]), torch.cat([b["phi"] for b in blobs]), total,
-                           list(blobs[0]["warnings"]), settings)
+        scores = Scores(torch.cat([b["scores"] for b in blobs], 1), train.clone(),
+                        torch.as_tensor(self.targets, dtype=torch.long), self.measurement, "magic",
+                        bool(blobs[0]["higher_is_better"]))
+        return MagicResult(scores, torch.cat([b["phi"] for b in blobs]), total, list(blobs[0]["warnings"]), settings)

@@ -27,7 +27,7 @@ from torch import Tensor
 from cnnlab.attribution.magic import measure_state, prepare_config, target_data
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay
-from cnnlab.attribution.store import Scores
+from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import RunConfig
 from cnnlab.engine.setup import build_run

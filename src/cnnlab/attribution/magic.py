@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from cnnlab.attribution.checkpointing import Checkpointing
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay, ReplayStats
+from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run, nonfunctional_optimizer
@@ -99,19 +100,37 @@ def chaos_warnings(config: RunConfig, parts: RunParts) -> list[str]:
 
 @dataclass
 class MagicResult:
-    """Scores (N_train × K: row r is training example ``train_indices[r]``, column j test target
-    ``target_indices[j]``), the measurement at the full run, and what the replay cost."""
+    """MAGIC's answer: the scores in the shared layout (``attribution``, a :class:`~cnnlab.attribution.scores.Scores`
+    N_train × K: row r is training example ``train_indices[r]``, column j test target ``target_indices[j]``),
+    the measurement at the full run, and what the replay cost. ``scores``, ``train_indices``, ... read through
+    to ``attribution``."""
 
-    scores: Tensor
-    train_indices: Tensor
-    target_indices: Tensor
-    measurement: str
-    higher_is_better: bool
+    attribution: Scores
     phi: Tensor
     stats: ReplayStats
     warnings: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     final_state: TrainState | None = None
+
+    @property
+    def scores(self) -> Tensor:
+        return self.attribution.scores
+
+    @property
+    def train_indices(self) -> Tensor:
+        return self.attribution.train_indices
+
+    @property
+    def target_indices(self) -> Tensor:
+        return self.attribution.target_indices
+
+    @property
+    def measurement(self) -> str:
+        return self.attribution.measurement
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.attribution.higher_is_better
 
     def proponents(self, target: int, k: int = 8) -> tuple[Tensor, Tensor]:
         """Dataset indices and scores of the k examples whose up-weighting most improves target column ``target``."""
@@ -220,5 +239,6 @@ def compute_magic(
     settings = {"checkpointing": replay.strategy.describe(), "dtype": str(dtype).replace("torch.", ""),
                 "device": str(parts.device), "vjp": vjp, "offload": replay.offload, "compile": compile,
                 "time_s": time.perf_counter() - t0, "config": config.to_dict()}
-    return MagicResult(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name,
-                       m.higher_is_better, phi.cpu(), replay.stats, warnings, settings, final)
+    scored = Scores(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name, "magic",
+                    m.higher_is_better)
+    return MagicResult(scored, phi.cpu(), replay.stats, warnings, settings, final)
