@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -98,7 +98,7 @@ def magic_cmd(
         if not json_out:
             console.print(f"{'reusing' if reused_run else 'trained'} run {run_dir}: test accuracy "
                           f"{result['final']['test_acc']:.4f}")
-        kw = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
+        kw: dict[str, Any] = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
                   dtype=dtypes[dtype], vjp=vjp, offload=offload, compile=compile,
                   compile_chunk=compile_chunk, force=force, plot_columns=range(plot_targets),
                   dataset=dataset, states=record.states if record is not None and not reused_run else None)
@@ -194,8 +194,12 @@ def _chunk_task(cfg, run_dir: Path, targets: list[int], chunk: int, index: int, 
     if diff:
         fail(mismatch_message("compute MAGIC chunks of", run_dir, diff, hint="pass the config the run was trained with"))
     chunks = magic_chunks(run_dir, targets, chunk, dataset=dataset, **chunk_kw)
+    from cnnlab.utils.progress import ProgressLog
+
     t0 = time.perf_counter()
-    computed = chunks.compute_one(index)
+    # array tasks log to files: plain "k/N, ETA" lines of the replayed steps
+    with ProgressLog(f"MAGIC chunk {index} replay steps", mode="off" if json_out else "auto") as bar:
+        computed = chunks.compute_one(index, progress=bar.callback())
     record = {"index": index, "chunks": len(chunks), "targets": chunks.chunks[index - 1] if index <= len(chunks) else [],
               "action": "computed" if computed else "skipped", "seconds": time.perf_counter() - t0}
     if json_out:
