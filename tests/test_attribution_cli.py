@@ -118,7 +118,7 @@ def test_clear_errors(tmp_path):
     assert res.exit_code == 2 and "--compile-chunk must be >= 1" in flat(res)
     cfg.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(app, ["magic", str(cfg), "--targets", "0-9999", "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "outside the test split" in flat(res)
+    assert res.exit_code == 2 and "targets (test split)" in flat(res) and "is outside [0," in flat(res)
     res = runner.invoke(app, ["lds", str(tmp_path)])
     assert res.exit_code == 2 and "no MAGIC scores" in flat(res)
     res = runner.invoke(app, ["runs", "info", str(tmp_path)])

@@ -277,7 +277,7 @@ def test_shipped_magic_configs_are_replayable(name):
 def test_parse_targets():
     assert parse_targets("0-3,7,2", 10) == [0, 1, 2, 3, 7]
     assert parse_targets(None, 30) == list(range(30))
-    with pytest.raises(ValueError, match="outside the test split"):
+    with pytest.raises(ValueError, match=r"targets \(test split\): .5-12. is outside \[0, 10\)"):
         parse_targets("5-12", 10)
     with pytest.raises(ValueError, match="not an index"):
         parse_targets("a-b", 10)

@@ -1,6 +1,6 @@
 """Baseline attribution methods, scored by LDS beside MAGIC on the same subset models.
 
-All return :class:`cnnlab.attribution.store.Scores` in MAGIC's convention (tau_i approximates
+All return :class:`cnnlab.attribution.scores.Scores` in MAGIC's convention (tau_i approximates
 d phi / d w_i, so removing S changes phi by about -sum_S tau_i):
 
 - ``tracin``: gradient dot product at the final checkpoint, tau_i = -grad l_i . grad phi (one SGD step
@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from cnnlab.attribution.measures import get_measurement
-from cnnlab.attribution.store import Scores
+from cnnlab.attribution.scores import Scores
 from cnnlab.engine.setup import RunParts
 from cnnlab.engine.step import TrainState, per_example_loss
 

@@ -50,7 +50,7 @@ class CompiledReverseStep:
                                 create_graph=True, differentiation="func")
             return self.layout.flatten(new)
 
-        _, pullback = torch.func.vjp(step, flat, w)
+        pullback = torch.func.vjp(step, flat, w)[1]
         return [pullback(c) for c in cots]
 
     def __call__(self, state: TrainState, x: Tensor, y: Tensor, w: Tensor, lr: float,
@@ -62,7 +62,8 @@ class CompiledReverseStep:
         # constants of the state (integer buffers, the step counter) enter as tensors, so that the graph is
         # not specialised to the step; every float slot is replaced by ``flat`` inside the trace
         like = TrainState({}, {n: b for n, b in state.buffers.items() if not b.is_floating_point()},
-                          {n: {} for n in state.opt_state}, torch.tensor(state.step, device=x.device))
+                          {n: {} for n in state.opt_state},
+                          torch.tensor(state.step, device=x.device))  # type: ignore[arg-type]  # a tensor on purpose
         lr_t = torch.tensor(lr, dtype=w.dtype, device=w.device)
         k = cot[0].shape[0]
         rows: list[tuple[list[Tensor], Tensor]] = []

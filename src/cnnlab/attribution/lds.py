@@ -27,7 +27,7 @@ from torch import Tensor
 from cnnlab.attribution.magic import measure_state, prepare_config, target_data
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay
-from cnnlab.attribution.store import Scores
+from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import RunConfig
 from cnnlab.engine.setup import build_run
@@ -194,7 +194,7 @@ class LDSStudy:
     def _masks(self) -> Tensor:
         path = self.dir / "masks.pt"
         keep = make_masks(self.train_indices.numel(), self.regime.drop, self.regime.models, self.regime.seed)
-        meta = {"train_indices": self.train_indices, "targets": torch.as_tensor(self.targets), "measure": self.measure_name}
+        meta: dict[str, Any] = {"train_indices": self.train_indices, "targets": torch.as_tensor(self.targets), "measure": self.measure_name}
         if path.is_file():
             old = torch.load(path, map_location="cpu", weights_only=True)
             differ = [name for name, same in (

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from cnnlab.attribution.checkpointing import Checkpointing
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
 from cnnlab.attribution.replay import Replay, ReplayStats
+from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run, nonfunctional_optimizer
@@ -99,19 +100,37 @@ def chaos_warnings(config: RunConfig, parts: RunParts) -> list[str]:
 
 @dataclass
 class MagicResult:
-    """Scores (N_train × K: row r is training example ``train_indices[r]``, column j test target
-    ``target_indices[j]``), the measurement at the full run, and what the replay cost."""
+    """MAGIC's answer: the scores in the shared layout (``attribution``, a :class:`~cnnlab.attribution.scores.Scores`
+    N_train × K: row r is training example ``train_indices[r]``, column j test target ``target_indices[j]``),
+    the measurement at the full run, and what the replay cost. ``scores``, ``train_indices``, ... read through
+    to ``attribution``."""
 
-    scores: Tensor
-    train_indices: Tensor
-    target_indices: Tensor
-    measurement: str
-    higher_is_better: bool
+    attribution: Scores
     phi: Tensor
     stats: ReplayStats
     warnings: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     final_state: TrainState | None = None
+
+    @property
+    def scores(self) -> Tensor:
+        return self.attribution.scores
+
+    @property
+    def train_indices(self) -> Tensor:
+        return self.attribution.train_indices
+
+    @property
+    def target_indices(self) -> Tensor:
+        return self.attribution.target_indices
+
+    @property
+    def measurement(self) -> str:
+        return self.attribution.measurement
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.attribution.higher_is_better
 
     def proponents(self, target: int, k: int = 8) -> tuple[Tensor, Tensor]:
         """Dataset indices and scores of the k examples whose up-weighting most improves target column ``target``."""
@@ -168,6 +187,7 @@ def compute_magic(
     states: Mapping[int, TrainState] | None = None,
     compile: bool = False,
     compile_chunk: int = 4,
+    batch_targets: list[int] | None = None,
 ) -> MagicResult:
     """MAGIC scores of every training example for ``measure`` on test ``targets`` (default 0..49).
 
@@ -177,6 +197,9 @@ def compute_magic(
     replay its first forward pass (float32 only). ``compile``: reverse the steps with a torch.compile'd VJP,
     ``compile_chunk`` targets per call (:class:`~cnnlab.attribution.compiled.CompiledReverseStep`; pays off
     for long runs: compiling takes minutes, seconds from inductor's cache).
+    ``batch_targets``: the test examples the measurement's eval forward runs on together (a superset of
+    ``targets``; default: ``targets``). A chunk of a longer target list passes the whole list, so that its
+    columns are bit for bit those of one run over the list (the forward's rounding can depend on batch size).
     """
     config = prepare_config(config)
     apply_runtime(config)
@@ -191,20 +214,31 @@ def compute_magic(
         targets = list(range(min(50, len(parts.dataset.test))))
     if not targets:
         raise ValueError("targets: at least one test example is needed")
-    bad = [i for i in targets if not 0 <= int(i) < len(parts.dataset.test)]
-    if bad:
-        raise ValueError(f"targets: {bad[:5]} are outside the test split [0, {len(parts.dataset.test)})")
 
     replay = Replay(parts, dtype=dtype, checkpointing=checkpointing, tree_k=tree_k, offload=offload, vjp=vjp,
                     compile=compile, compile_chunk=compile_chunk, progress=progress)
-    x, y = target_data(parts, targets, dtype)
+    batch = list(targets) if batch_targets is None else [int(i) for i in batch_targets]
+    missing = sorted(set(int(i) for i in targets) - set(batch))
+    if missing:
+        raise ValueError(f"batch_targets must contain every target; {missing[:5]} are not in it")
+    bad = [i for i in batch if not 0 <= i < len(parts.dataset.test)]
+    if bad:
+        raise ValueError(f"targets: {bad[:5]} are outside the test split [0, {len(parts.dataset.test)})")
+    columns = torch.as_tensor([batch.index(int(i)) for i in targets], dtype=torch.long, device=parts.device)
+    whole = columns.numel() == len(batch) and bool((columns == torch.arange(len(batch), device=parts.device)).all())
+    x, y = target_data(parts, batch, dtype)
+
+    def phi_of(s: TrainState) -> Tensor:
+        values = measure_state(parts, s, x, y, m)
+        return values if whole else values[columns]
+
     t0 = time.perf_counter()
-    tau, phi, final = replay.metagradient(lambda s: measure_state(parts, s, x, y, m), len(targets),
-                                          states if dtype == torch.float32 else None)
+    tau, phi, final = replay.metagradient(phi_of, len(targets), states if dtype == torch.float32 else None)
     train_idx = parts.train_loader.indices
     scores = tau[:, train_idx.to(tau.device)].T.contiguous().cpu()
     settings = {"checkpointing": replay.strategy.describe(), "dtype": str(dtype).replace("torch.", ""),
                 "device": str(parts.device), "vjp": vjp, "offload": replay.offload, "compile": compile,
                 "time_s": time.perf_counter() - t0, "config": config.to_dict()}
-    return MagicResult(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name,
-                       m.higher_is_better, phi.cpu(), replay.stats, warnings, settings, final)
+    scored = Scores(scores, train_idx.clone(), torch.as_tensor(targets, dtype=torch.long), m.name, "magic",
+                    m.higher_is_better)
+    return MagicResult(scored, phi.cpu(), replay.stats, warnings, settings, final)

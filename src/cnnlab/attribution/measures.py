@@ -14,6 +14,8 @@ from typing import Callable, Union
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnlab.utils.indices import parse_index_list
+
 MeasureFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -82,28 +84,14 @@ def get_measurement(spec: Union[str, Measurement, MeasureFn]) -> Measurement:
 
 
 def parse_targets(spec: str | None, n_test: int, default: int = 50) -> list[int]:
-    """``"0-49"``, ``"3,7,10-12"`` or None (the first ``default`` test examples) -> sorted unique indices."""
+    """``"0-49"``, ``"3,7,10-12"`` or None (the first ``default`` test examples) -> sorted unique indices.
+
+    Args:
+        spec (str, optional): The ``--targets`` list (:func:`cnnlab.utils.indices.parse_index_list` syntax);
+            None or "" for the default.
+        n_test (int): Size of the test split (every index must lie in [0, n_test)).
+        default (int, optional): How many leading test examples the default takes. Default: 50.
+    """
     if spec is None or spec == "":
         return list(range(min(default, n_test)))
-    out: set[int] = set()
-    for part in str(spec).split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                if lo < 0 or hi >= n_test:  # before expanding: 0-2000000000 must not allocate
-                    raise IndexError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise ValueError(f"targets: {part!r} is not an index or a range like 0-49 (spec {spec!r})") from None
-        except IndexError:
-            raise ValueError(f"targets: {part!r} is outside the test split [0, {n_test})") from None
-    bad = [i for i in out if not 0 <= i < n_test]
-    if bad:
-        raise ValueError(f"targets: indices {sorted(bad)[:5]} are outside the test split [0, {n_test})")
-    return sorted(out)
-
+    return parse_index_list(spec, n_test, what="targets (test split)")

@@ -12,21 +12,26 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
-from cnnlab.attribution import baselines as bl
+from cnnlab.attribution.chunks import MagicChunks, matches_checkpoint
 from cnnlab.attribution.lds import LDSStudy, Regime, population_available, predictions, reset_study
 from cnnlab.attribution.magic import MagicResult, compute_magic, prepare_config
+from cnnlab.attribution.magic_files import load_magic, read_magic_meta, save_magic
 from cnnlab.attribution.measures import Measurement, MeasureFn, get_measurement
+from cnnlab.attribution.methods import AttributionMethod, AttributionRun, ExternalScores, Magic, attribution_method
 from cnnlab.attribution.plots import plot_lds_scatter, plot_proponents
-from cnnlab.attribution.replay import RecordReplayStates, Replay, move_state
-from cnnlab.attribution.store import (Scores, load_baseline, load_external_scores, load_magic, magic_scores,
-                                      read_magic_meta, save_baseline, save_magic)
-from cnnlab.data import ImageDataset, load_dataset
-from cnnlab.engine.config import ConfigError, RunConfig, config_diff
-from cnnlab.engine.run import read_result, read_run_config
-from cnnlab.engine.setup import build_run
-from cnnlab.engine.step import TrainState
+from cnnlab.attribution.replay import RecordReplayStates
+from cnnlab.attribution.scores import Scores
+from cnnlab.attribution.trained import final_state, load_run_dataset
+from cnnlab.data import ImageDataset
 from cnnlab.engine.callbacks import Callback
-from cnnlab.engine.trainer import Trainer, load_checkpoint
+from cnnlab.engine.config import ConfigError, RunConfig
+from cnnlab.engine.run import read_result, read_run_config
+from cnnlab.engine.step import TrainState
+from cnnlab.engine.trainer import Trainer
+from cnnlab.utils.configdiff import config_diff, mismatch_message
+
+__all__ = ["CutBufferHistory", "baseline_scores", "ensure_trained_run", "final_state", "lds_analysis", "lds_study",
+           "load_run_dataset", "magic_analysis", "magic_chunks", "merge_magic_chunks", "reusable_magic"]
 
 log = logging.getLogger("cnnlab.attribution")
 
@@ -57,8 +62,8 @@ def ensure_trained_run(config: RunConfig, run_dir: str | Path, *, dataset: Image
     if (run_dir / "config.yaml").is_file():
         existing = read_run_config(run_dir).to_dict()
         if existing != config.to_dict():
-            diff = ", ".join(f"{k} ({a!r} here, {b!r} asked)" for k, a, b in config_diff(existing, config.to_dict())[:5])
-            raise ConfigError(f"{run_dir} holds a run of another config (differs at {diff}); pick another --out")
+            raise ConfigError(mismatch_message("reuse the run in", run_dir, config_diff(existing, config.to_dict()),
+                                               hint="pick another --out"))
         result = read_result(run_dir)
         if result is not None and result.get("status") == "completed":
             return result, True
@@ -115,62 +120,65 @@ def magic_analysis(
                            compile=compile, compile_chunk=compile_chunk)
     # a replay seeded with the training run's own states explains that run by construction: nothing to compare
     result.settings["matches_trained_run"] = (None if result.stats.reused_states
-                                              else _matches_checkpoint(run_dir, result.final_state, dtype))
+                                              else matches_checkpoint(run_dir, result.final_state, dtype))
     if result.settings["matches_trained_run"] is False:
         log.warning("MAGIC: the replay's final weights differ from %s/checkpoints/last.pt (another machine, library "
                     "version or torch thread count?); the scores explain the replayed run", run_dir)
+    _save_and_plot(run_dir, result, ds, plot_columns, plot_k)
+    return result, False
+
+
+def _save_and_plot(run_dir: Path, result: MagicResult, ds: ImageDataset, plot_columns: Sequence[int] | None,
+                   plot_k: int) -> None:
     save_magic(run_dir, result)
     if plot_columns:
         cols = [c for c in plot_columns if c < result.target_indices.numel()]
         plot_proponents(result.scores, result.train_indices, result.target_indices, ds, cols,
                         run_dir / "plots" / "proponents.png", k=plot_k, higher_is_better=result.higher_is_better,
                         measurement=result.measurement)
-    return result, False
 
 
-def load_run_dataset(config: RunConfig) -> ImageDataset:
-    """The dataset a run config names (from the local cache; never downloads)."""
-    try:
-        return load_dataset(config.data.name, root=config.data.root, **config.data.options)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"data.name: cannot load dataset {config.data.name!r}: {e}") from None
+def reusable_magic(run_dir: str | Path, targets: Sequence[int], measure: Union[str, Measurement, MeasureFn] = "loss",
+                   dtype: torch.dtype = torch.float32) -> MagicResult | None:
+    """The MAGIC result saved in ``run_dir`` if it was computed for these targets, measurement and dtype."""
+    meta = read_magic_meta(run_dir)
+    if meta is not None and _same_request(meta, list(targets), get_measurement(measure).name, dtype):
+        return load_magic(run_dir)
+    return None
 
 
-def _matches_checkpoint(run_dir: Path, state: TrainState | None, dtype: torch.dtype) -> bool | None:
-    path = run_dir / "checkpoints" / "last.pt"
-    if state is None or dtype != torch.float32 or not path.is_file():
-        return None
-    saved = load_checkpoint(path)["state"]["params"]
-    return all(torch.equal(saved[n], p.detach().cpu()) for n, p in state.params.items())
+def magic_chunks(run_dir: str | Path, targets: Sequence[int], chunk: int, *, force: bool = False,
+                 dataset: ImageDataset | None = None, **kw: Any) -> MagicChunks:
+    """The chunks of a MAGIC request on the run in ``run_dir`` (see :class:`~cnnlab.attribution.chunks.MagicChunks`,
+    which takes ``kw``: measure, checkpointing, tree_k, dtype, vjp, offload, compile, compile_chunk).
+    ``force``: delete chunks computed earlier. Nothing is computed here."""
+    config = read_run_config(run_dir)
+    return MagicChunks(run_dir, config, targets, chunk, dataset=dataset or load_run_dataset(config), force=force, **kw)
 
 
-def final_state(run_dir: str | Path, config: RunConfig, dataset: ImageDataset | None = None):
-    """(RunParts, final TrainState) of the run: from checkpoints/last.pt when present, else replayed."""
-    parts = build_run(prepare_config(config), dataset=dataset)
-    path = Path(run_dir) / "checkpoints" / "last.pt"
-    if path.is_file():
-        return parts, move_state(TrainState.from_tensors(load_checkpoint(path)["state"]), parts.device)
-    return parts, Replay(parts).forward()
+def merge_magic_chunks(chunks: MagicChunks, *, plot_columns: Sequence[int] | None = (0, 1, 2, 3),
+                       plot_k: int = 6) -> MagicResult:
+    """Merge every chunk (shape, index metadata and provenance checked) into the run's one scores file
+    (scores.pt, scores.npy, magic.json), with the proponent plots of :func:`magic_analysis`."""
+    result = chunks.merge()
+    ds = chunks.dataset or load_run_dataset(chunks.config)
+    _save_and_plot(chunks.run_dir, result, ds, plot_columns, plot_k)
+    return result
 
 
 def baseline_scores(run_dir: str | Path, method: str, *, force: bool = False, dataset: ImageDataset | None = None,
                     proj_dim: int = 512) -> Scores:
-    """Baseline scores (``tracin`` or ``trak``) for MAGIC's targets and measurement, cached in baselines/."""
-    run_dir = Path(run_dir)
-    if method not in bl.BASELINES:
-        raise ValueError(f"unknown baseline {method!r}; available: {', '.join(bl.BASELINES)}")
-    cached = None if force else load_baseline(run_dir, method)
-    magic = load_magic(run_dir)
-    if cached is not None and torch.equal(cached.target_indices, magic.target_indices) and cached.measurement == magic.measurement:
-        return cached
-    parts, state = final_state(run_dir, read_run_config(run_dir), dataset)
-    if method == "trak":
-        s = bl.trak_scores(parts, state, magic.train_indices, magic.target_indices, magic.measurement,
-                           work_dir=run_dir / "baselines" / "trak_work", proj_dim=proj_dim)
-    else:
-        s = bl.tracin_scores(parts, state, magic.train_indices, magic.target_indices, magic.measurement)
-    save_baseline(run_dir, s)
-    return s
+    """Scores of the registered attribution method ``method`` (e.g. ``tracin``, ``trak``) for MAGIC's targets
+    and measurement, cached in baselines/ by the methods that keep a cache.
+
+    Args:
+        run_dir (str | Path): The analysis run directory (after ``cnnlab magic``).
+        method (str): A registered attribution method (:data:`~cnnlab.attribution.methods.ATTRIBUTION_METHODS`).
+        force (bool, optional): Recompute even if cached scores match. Default: False.
+        dataset (ImageDataset, optional): The run's dataset (loaded by name when None). Default: None.
+        proj_dim (int, optional): TRAK's projection dimension (methods without one ignore it). Default: 512.
+    """
+    return attribution_method(method, proj_dim=proj_dim).scores(AttributionRun(Path(run_dir), dataset), force=force)
 
 
 def lds_study(run_dir: str | Path, regime: Regime, *, dataset: ImageDataset | None = None) -> LDSStudy:
@@ -215,15 +223,16 @@ def lds_analysis(
         return existing
     engine = engine or ("population" if population_available() else "step")
     study.train(workers=workers, progress=progress, engine=engine, backend=backend)
-    ms = magic_scores(load_magic(run_dir))
-    methods: dict[str, Scores] = {"magic": ms}
-    for b in baselines:
-        if b == "trak" and not bl.trak_available():
-            log.warning("LDS: skipping TRAK (the optional package traker is not installed)")
+    run = AttributionRun(run_dir, ds)
+    chosen: list[AttributionMethod] = [Magic(), *(attribution_method(b) for b in baselines),
+                                       *(ExternalScores(f) for f in scores_files)]
+    methods: dict[str, Scores] = {}
+    for method in chosen:
+        if not method.available():
+            log.warning("LDS: skipping %s (an optional package it needs is not installed)", method.key)
             continue
-        methods[b] = baseline_scores(run_dir, b, dataset=ds)
-    for f in scores_files:
-        methods[f"external:{Path(f).stem}"] = load_external_scores(f, ms)
+        methods[method.key] = method.scores(run)
+    ms = methods["magic"]
     summary = study.evaluate(methods, bootstrap=bootstrap)
     actual = study.actual()
     stats = summary["methods"]["magic"]

@@ -7,12 +7,14 @@ contribution to d phi / d w for the batch's examples. K measurements share one r
 recompute per step: K cotangents either batched through ``is_grads_batched`` (vmap; fast on GPUs) or as
 K VJPs on one retained graph (faster on CPUs, where vmap turns convolutions into grouped ones), or,
 with ``compile=True``, through a torch.compile'd VJP of the same step (:mod:`cnnlab.attribution.compiled`).
+
+The state helpers live in :mod:`cnnlab.attribution.states`, the training callback that keeps a replay's
+states in :mod:`cnnlab.attribution.record`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -22,75 +24,12 @@ from torch import Tensor
 
 from cnnlab.attribution.checkpointing import Checkpointing, make_checkpointing
 from cnnlab.attribution.compiled import CompiledReverseStep
+from cnnlab.attribution.record import RecordReplayStates
+from cnnlab.attribution.states import StateLayout, move_state, state_nbytes
 from cnnlab.data.batches import Batch
-from cnnlab.engine.callbacks import Callback
 from cnnlab.engine.setup import RunParts
 from cnnlab.engine.step import TrainState, train_step
-
-
-@dataclass(frozen=True)
-class StateLayout:
-    """The differentiable tensors of a TrainState, in a fixed order: params, optimizer state, float buffers.
-
-    Integer buffers (BatchNorm's ``num_batches_tracked``) and the step counter are carried along as
-    constants: nothing is differentiated through them.
-    """
-
-    params: tuple[str, ...]
-    opt: tuple[tuple[str, str], ...]
-    buffers: tuple[str, ...]
-
-    @classmethod
-    def of(cls, state: TrainState) -> "StateLayout":
-        return cls(tuple(state.params), tuple((n, k) for n, s in state.opt_state.items() for k in s),
-                   tuple(n for n, b in state.buffers.items() if b.is_floating_point()))
-
-    def flatten(self, state: TrainState) -> list[Tensor]:
-        return ([state.params[n] for n in self.params] + [state.opt_state[n][k] for n, k in self.opt]
-                + [state.buffers[n] for n in self.buffers])
-
-    def rebuild(self, tensors: list[Tensor], like: TrainState) -> TrainState:
-        """A TrainState with ``tensors`` in the differentiable slots and ``like``'s constants elsewhere."""
-        it = iter(tensors)
-        params = {n: next(it) for n in self.params}
-        opt: dict[str, dict[str, Tensor]] = {n: {} for n in like.opt_state}
-        for n, k in self.opt:
-            opt[n][k] = next(it)
-        buffers = dict(like.buffers)
-        for n in self.buffers:
-            buffers[n] = next(it)
-        return TrainState(params, buffers, opt, like.step, like.loss_scale, like.good_steps)
-
-    def leaves(self, state: TrainState) -> tuple[list[Tensor], TrainState]:
-        """Fresh leaves requiring grad (detached from any earlier graph) and the state built on them."""
-        leaves = [t.detach().requires_grad_(True) for t in self.flatten(state)]
-        return leaves, self.rebuild(leaves, state)
-
-
-def state_nbytes(state: TrainState) -> int:
-    tensors = list(state.params.values()) + list(state.buffers.values())
-    tensors += [t for s in state.opt_state.values() for t in s.values()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def move_state(state: TrainState, device: torch.device) -> TrainState:
-    def mv(d):
-        return {k: (mv(v) if isinstance(v, dict) else v.detach().to(device)) for k, v in d.items()}
-
-    return TrainState(mv(state.params), mv(state.buffers), mv(state.opt_state), state.step, state.loss_scale, state.good_steps)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process: VmHWM on Linux (ru_maxrss carries the parent's peak over
-    fork + exec), else ru_maxrss."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from cnnlab.utils.memory import peak_rss_bytes
 
 
 @dataclass
@@ -361,41 +300,5 @@ class Replay:
         return [torch.zeros((k, *x.shape), dtype=x.dtype, device=x.device) if g is None else g
                 for g, x in zip(grads, inputs)]
 
-
-class RecordReplayStates(Callback):
-    """Keeps the training states a later replay's first pass needs (its checkpoint positions and the final
-    state), so that MAGIC on a run trained in this process does not run the whole training again.
-
-    The positions follow ``checkpointing``/``tree_k`` as :class:`Replay` would (k states for log, ~sqrt(T)
-    for sqrt, all T for all). Parameters and optimizer state are kept by reference (the step returns new
-    tensors); buffers are copied, as native BatchNorm updates its running statistics in place.
-    A resumed run lacks the states before its checkpoint: nothing is recorded and the replay runs its own
-    first pass. ``offload``: keep them in CPU memory (as ``Replay(offload=True)`` does with its states).
-    """
-
-    def __init__(self, checkpointing: str | Checkpointing = "log", tree_k: int = 4, *, offload: bool = False):
-        self.strategy = make_checkpointing(checkpointing, tree_k)
-        self.offload = offload
-        self.states: dict[int, TrainState] = {}
-        self._keep: set[int] = set()
-
-    def on_train_start(self, trainer) -> None:
-        total = len(trainer.parts.train_loader) * trainer.config.train.epochs
-        first = self.strategy.split(0, total, 0)
-        self.states.clear()
-        if trainer.state.step > 0:  # resumed: the early states are gone, the replay will run its first pass
-            self._keep = set()
-            return
-        self._keep = set(range(total) if first is None else first) | {total}
-        self._record(trainer.state)
-
-    def on_batch_end(self, trainer, step: int) -> None:
-        self._record(trainer.state)
-
-    def _record(self, state: TrainState) -> None:
-        if state.step in self._keep:
-            device = torch.device("cpu") if self.offload else next(iter(state.params.values())).device
-            kept = move_state(state, device)  # detached (the same storage when the device is the same)
-            kept.buffers = {k: v.clone() if v.data_ptr() == state.buffers[k].data_ptr() else v
-                            for k, v in kept.buffers.items()}
-            self.states[state.step] = kept
+__all__ = ["MeasureState", "RecordReplayStates", "Replay", "ReplayStats", "StateLayout", "VJP_MODES", "move_state",
+           "peak_rss_bytes", "state_nbytes"]

@@ -35,7 +35,7 @@ def lds_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     """Train (or reuse) K subset models with zero-weighted dropped examples; Spearman of predicted vs actual phi."""
-    from cnnlab.attribution.baselines import BASELINES, trak_available
+    from cnnlab.attribution.methods import ATTRIBUTION_METHODS, baseline_names
     from cnnlab.attribution.lds import ENGINES, Regime, population_available
     from cnnlab.attribution.lds import reset_study
     from cnnlab.attribution.pipeline import lds_analysis, lds_study
@@ -46,12 +46,13 @@ def lds_cmd(
     if not (run_dir / "magic.json").is_file():
         fail(f"{run_dir} holds no MAGIC scores (no magic.json); run `cnnlab magic CONFIG --out {run_dir}` first")
     names = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
-    bad = [b for b in names if b not in BASELINES]
+    bad = [b for b in names if b not in baseline_names()]
     if bad:
-        fail(f"--baselines: unknown {', '.join(bad)}; available: {', '.join(BASELINES)} (or none)")
-    if "trak" in names and not trak_available():
-        names.remove("trak")
-        console.print("[yellow]TRAK skipped:[/] the optional package traker is not installed (pip install 'cnnlab[attribution]')")
+        fail(f"--baselines: unknown {', '.join(bad)}; available: {', '.join(baseline_names())} (or none)")
+    for b in [b for b in names if not ATTRIBUTION_METHODS.get(b).available()]:
+        names.remove(b)
+        console.print(f"[yellow]{b} skipped:[/] an optional package it needs is not installed "
+                      "(pip install 'cnnlab[attribution]')")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
     if engine is not None and engine not in ENGINES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -31,6 +31,19 @@ def magic_cmd(
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable (JSON) summary."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Compute the scores in chunks of targets as tasks of "
+                                           "local | sge | slurm | ray (resumable; merged into one scores file); "
+                                           "sge/slurm submit a job array: run the same command again once it "
+                                           "finished to merge."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Targets per chunk task (default with --executor: 10; "
+                                        "alone: --executor local)."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="sge/slurm: array tasks running at once."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="sge/slurm: write the job script, do not submit it."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per chunk task."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default: a local Ray)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="ray: CPUs of the local Ray started."),
+    index: Optional[int] = typer.Option(None, "--index", help="Compute only chunk INDEX (1-based; what each array task "
+                                        "runs) of the trained run in --out, and exit."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
@@ -56,31 +69,62 @@ def magic_cmd(
         fail(f"--tree-k must be >= 2, got {tree_k}")
     if compile_chunk < 1:
         fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
+    from cnnlab.experiments.attribution_jobs import ENGINES
+
+    if executor is not None and executor not in ENGINES:
+        fail(f"--executor must be one of {', '.join(ENGINES)}, got {executor!r}")
+    chunked = executor is not None or chunk is not None or index is not None
+    if index is not None:
+        if out is None or chunk is None:
+            fail("--index computes one chunk of an existing request: give --out RUN_DIR and --chunk too")
     check_mlflow(mlflow)
+    items = [*(overrides or []), *(set_ or [])]
     try:
-        cfg = load_config(config, [*(overrides or []), *(set_ or [])])
+        cfg = load_config(config, items)
         dataset = load_run_dataset(cfg)
         target_list = parse_targets(targets, len(dataset.test))
         run_dir = out or Path("runs") / f"{cfg.name}-magic-{datetime.now():%Y%m%d-%H%M%S}"
+        chunk_kw = dict(measure=measure, checkpointing=checkpointing, tree_k=tree_k, dtype=dtypes[dtype], vjp=vjp,
+                        offload=offload, compile=compile, compile_chunk=compile_chunk)
+        if index is not None:
+            assert chunk is not None
+            _chunk_task(cfg, run_dir, target_list, chunk, index, threads, json_out, dataset, chunk_kw)
+            return
         # the training pass keeps the states the replay's first pass would recompute (float32 replays only)
-        record = RecordReplayStates(checkpointing, tree_k, offload=offload) if dtype == "float32" else None
+        record = (RecordReplayStates(checkpointing, tree_k, offload=offload) if dtype == "float32" and not chunked
+                  else None)
         result, reused_run = ensure_trained_run(cfg, run_dir, dataset=dataset, progress=progress and not json_out,
                                                 record=record)
         if not json_out:
             console.print(f"{'reusing' if reused_run else 'trained'} run {run_dir}: test accuracy "
                           f"{result['final']['test_acc']:.4f}")
-        kw = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
+        kw: dict[str, Any] = dict(targets=target_list, measure=measure, checkpointing=checkpointing, tree_k=tree_k,
                   dtype=dtypes[dtype], vjp=vjp, offload=offload, compile=compile,
                   compile_chunk=compile_chunk, force=force, plot_columns=range(plot_targets),
                   dataset=dataset, states=record.states if record is not None and not reused_run else None)
-        if progress and not json_out:
+        if chunked:
+            from cnnlab.experiments.attribution_jobs import magic_task_command
+
+            got = _chunked(run_dir, target_list, chunk or 10, executor or "local", force=force, dataset=dataset,
+                           chunk_kw=chunk_kw, plot_targets=plot_targets, progress=progress and not json_out,
+                           task_command=lambda chunks: magic_task_command(
+                               config, items, run_dir, chunks, measure=measure, checkpointing=checkpointing,
+                               tree_k=tree_k, dtype=dtype, vjp=vjp, offload=offload, compile=compile,
+                               compile_chunk=compile_chunk, threads=threads),
+                           threads=threads, max_concurrent=max_concurrent, dry_run=dry_run, address=address,
+                           workers=workers)
+            if not isinstance(got, tuple):
+                _submitted(run_dir, got, json_out)
+                return
+            magic, reused = got
+        elif progress and not json_out:
             from cnnlab.utils.progress import ProgressLog
 
             with ProgressLog("MAGIC replay steps") as bar:  # a bar on a terminal, plain lines in a log
                 magic, reused = magic_analysis(run_dir, **kw, progress=bar.callback())
         else:
             magic, reused = magic_analysis(run_dir, **kw)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, ImportError, RuntimeError) as e:
         fail(str(e))
     except TrainingDiverged as e:
         fail(f"the run diverged: {e}", code=3)
@@ -107,3 +151,74 @@ def magic_cmd(
     if (run_dir / "plots" / "proponents.png").is_file():
         rows.append(("plot", str(run_dir / "plots" / "proponents.png")))
     print_table("MAGIC", ["", "value"], rows)
+
+
+def _chunked(run_dir: Path, targets: list[int], chunk: int, executor: str, *, force: bool, dataset, chunk_kw: dict,
+             plot_targets: int, progress: bool, task_command, threads: Optional[int], max_concurrent: Optional[int],
+             dry_run: bool, address: Optional[str], workers: Optional[int]):
+    """MAGIC over chunks of targets through ``executor``: (result, reused) once merged, else the Submission."""
+    from cnnlab.attribution.pipeline import magic_chunks, merge_magic_chunks, reusable_magic
+    from cnnlab.experiments.attribution_jobs import run_magic_chunks
+    from cnnlab.utils.progress import ProgressLog
+
+    saved = None if force else reusable_magic(run_dir, targets, chunk_kw["measure"], chunk_kw["dtype"])
+    if saved is not None:
+        return saved, True
+    chunks = magic_chunks(run_dir, targets, chunk, force=force, dataset=dataset, **chunk_kw)
+    with ProgressLog("MAGIC chunks", len(chunks), mode="auto" if progress else "off") as bar:
+        sub = run_magic_chunks(chunks, executor, task_command(chunks), workers=workers, threads=threads,
+                               max_concurrent=max_concurrent, dry_run=dry_run, address=address,
+                               progress=bar.callback())
+    if sub is not None:
+        return sub
+    return merge_magic_chunks(chunks, plot_columns=range(plot_targets)), False
+
+
+def _chunk_task(cfg, run_dir: Path, targets: list[int], chunk: int, index: int, threads: Optional[int],
+                json_out: bool, dataset, chunk_kw: dict) -> None:
+    """One array task: compute chunk ``index`` (1-based) of the request unless its file exists."""
+    import time
+
+    from cnnlab.attribution.magic import prepare_config
+    from cnnlab.attribution.pipeline import magic_chunks
+    from cnnlab.engine.run import read_run_config
+    from cnnlab.utils.configdiff import config_diff, mismatch_message
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not (run_dir / "config.yaml").is_file():
+        fail(f"--index: {run_dir} holds no run (no config.yaml); run `cnnlab magic` without --index first")
+    diff = config_diff(read_run_config(run_dir).to_dict(), prepare_config(cfg).to_dict())
+    if diff:
+        fail(mismatch_message("compute MAGIC chunks of", run_dir, diff, hint="pass the config the run was trained with"))
+    chunks = magic_chunks(run_dir, targets, chunk, dataset=dataset, **chunk_kw)
+    from cnnlab.utils.progress import ProgressLog
+
+    t0 = time.perf_counter()
+    # array tasks log to files: plain "k/N, ETA" lines of the replayed steps
+    with ProgressLog(f"MAGIC chunk {index} replay steps", mode="off" if json_out else "auto") as bar:
+        computed = chunks.compute_one(index, progress=bar.callback())
+    record = {"index": index, "chunks": len(chunks), "targets": chunks.chunks[index - 1] if index <= len(chunks) else [],
+              "action": "computed" if computed else "skipped", "seconds": time.perf_counter() - t0}
+    if json_out:
+        print_json(record)
+    else:
+        console.print(f"MAGIC chunk {index}/{len(chunks)}: {record['action']} ({record['seconds']:.1f} s)",
+                      highlight=False, markup=False)
+
+
+def _submitted(run_dir: Path, sub, json_out: bool) -> None:
+    from cnnlab.experiments.attribution_jobs import submission_summary
+
+    if json_out:
+        print_json({"run_dir": str(run_dir), **submission_summary(sub, unit="chunks")})
+        return
+    console.print(f"job script for {len(sub.indices)} MAGIC chunk task(s): {sub.script}", highlight=False, markup=False)
+    if sub.submitted:
+        console.print(f"submitted with {' '.join(sub.command)}: job {sub.job_id}", highlight=False, markup=False)
+    else:
+        console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, markup=False)
+    console.print("once the tasks finished, run the same `cnnlab magic` command again (without --force) to merge the "
+                  "chunks into one scores file", highlight=False, markup=False)
