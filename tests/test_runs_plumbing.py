@@ -168,3 +168,12 @@ def test_explain_cli_default_methods_are_the_pipelines():
     from cnnlab.explain.pipeline import DEFAULT_METHODS
 
     assert MethodsOpt.default == ",".join(DEFAULT_METHODS)
+
+
+def test_sweep_executors_lists_each_engine_with_its_options():
+    res = cli.invoke(app, ["sweep", "executors"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for name in ("local", "ray", "sge", "slurm"):
+        assert name in text
+    assert "max_concurrent" in text and "num_gpus" in text and "threads_per_worker" in text
