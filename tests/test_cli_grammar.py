@@ -87,3 +87,15 @@ def test_positional_and_set_overrides_are_the_same(tmp_path):
     assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
     ra, rb = json.loads(a.stdout), json.loads(b.stdout)
     assert ra["final"]["test_acc"] == rb["final"]["test_acc"] and ra["epochs_completed"] == 1
+
+
+def test_an_error_is_one_line_however_long_its_path(tmp_path):
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 6) / "missing.yaml"
+    res = CliRunner().invoke(app, ["sweep", "plan", str(deep)])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(deep) in lines[0], res.output

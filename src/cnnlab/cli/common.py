@@ -93,7 +93,8 @@ def resolve_mlflow_uri(uri: Optional[str], root: Path) -> Optional[str]:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error (no traceback) and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # brackets in messages are text
+    # brackets in messages are text; soft_wrap: one line however long its paths, so logs keep it greppable
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
