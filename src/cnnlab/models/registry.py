@@ -56,8 +56,8 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-_REGISTRY: Registry[ModelEntry] = Registry("model", error=UnknownModelError,
-                                           hint="Run `cnnlab models list` to see all models.")
+# Registered names and aliases; get_entry also resolves import paths and entry points, with its own message.
+_REGISTRY: Registry[ModelEntry] = Registry("model", error=UnknownModelError)
 ENTRY_POINT_GROUP = "cnnlab.models"
 
 
