@@ -41,7 +41,7 @@ def magic_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="sge/slurm: write the job script, do not submit it."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads per chunk task."),
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default: a local Ray)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="ray (local cluster): CPUs, i.e. chunk workers running at once."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="ray: worker CPUs of the local Ray it starts (one chunk task per worker)."),
     index: Optional[int] = typer.Option(None, "--index", help="Compute only chunk INDEX (1-based; what each array task "
                                         "runs) of the trained run in --out, and exit."),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
