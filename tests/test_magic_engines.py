@@ -190,3 +190,24 @@ def test_chunks_on_a_real_scheduler_equal_the_unchunked_scores(config, reference
     res = cli.invoke(app, ["magic", str(config), *CHUNKED, "--executor", executor, "--out", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert_same_scores(run, reference)
+
+
+def test_a_new_array_engine_module_is_an_attribution_executor(monkeypatch):
+    """A job-array scheduler registered in one module (here, in the test) is accepted by lds/magic --executor."""
+    from cnnlab.experiments.attribution_jobs import attribution_executors, check_attribution_executor
+    from cnnlab.experiments.executors.array import ArrayExecutor
+    from cnnlab.experiments.executors.base import EXECUTORS
+
+    class PBSExecutor(ArrayExecutor):
+        name = "pbs"
+        tool = "PBS"
+        description = "PBS job array"
+        task_var = "PBS_ARRAY_INDEX"
+        submit_argv = ("qsub",)
+        directive = "#PBS"
+
+    monkeypatch.setattr(EXECUTORS, "_entries", {**EXECUTORS._entries, "pbs": PBSExecutor})
+    assert {"local", "sge", "slurm", "ray", "pbs"} <= set(attribution_executors())
+    check_attribution_executor("pbs")
+    with pytest.raises(ValueError, match="--executor must be one of .*pbs.*got 'kube'"):
+        check_attribution_executor("kube")

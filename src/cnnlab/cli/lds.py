@@ -40,7 +40,7 @@ def lds_cmd(
     from cnnlab.attribution.lds import reset_study
     from cnnlab.attribution.pipeline import lds_analysis, lds_study
     from cnnlab.engine.config import ConfigError
-    from cnnlab.experiments.attribution_jobs import ENGINES as ENGINE_NAMES, run_lds_models
+    from cnnlab.experiments.attribution_jobs import check_attribution_executor, run_lds_models
     from cnnlab.utils.progress import ProgressLog
 
     if not (run_dir / "magic.json").is_file():
@@ -65,8 +65,11 @@ def lds_cmd(
         regime = Regime(drop, models, seed)
     except ValueError as e:
         fail(f"--drop/--num-models: {e}")
-    if executor is not None and executor not in ENGINE_NAMES:
-        fail(f"--executor must be one of {', '.join(ENGINE_NAMES)}, got {executor!r}")
+    if executor is not None:
+        try:
+            check_attribution_executor(executor)
+        except ValueError as e:
+            fail(str(e))
     if index is not None:
         _task(run_dir, regime, index, threads, json_out)
         return

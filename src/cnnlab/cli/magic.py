@@ -69,10 +69,13 @@ def magic_cmd(
         fail(f"--tree-k must be >= 2, got {tree_k}")
     if compile_chunk < 1:
         fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
-    from cnnlab.experiments.attribution_jobs import ENGINES
+    from cnnlab.experiments.attribution_jobs import check_attribution_executor
 
-    if executor is not None and executor not in ENGINES:
-        fail(f"--executor must be one of {', '.join(ENGINES)}, got {executor!r}")
+    if executor is not None:
+        try:
+            check_attribution_executor(executor)
+        except ValueError as e:
+            fail(str(e))
     chunked = executor is not None or chunk is not None or index is not None
     if index is not None:
         if out is None or chunk is None:

@@ -18,10 +18,21 @@ from typing import Any, Callable, Optional
 
 from cnnlab.attribution.chunks import MagicChunks
 from cnnlab.attribution.lds import LDSStudy, Regime
-from cnnlab.experiments.executors import SubmitRequest, Submission, get_executor
+from cnnlab.experiments.executors import EXECUTORS, SubmitRequest, Submission, get_executor
 from cnnlab.experiments.executors.array import ArrayExecutor, ArrayJob
 
-ENGINES = ("local", "sge", "slurm", "ray")
+
+def attribution_executors() -> tuple[str, ...]:
+    """The executors attribution tasks run on: ``local`` and ``ray`` (run here), and every registered
+    job-array scheduler (an :class:`ArrayExecutor` subclass, so a new engine module is picked up)."""
+    arrays = sorted(n for n, cls in EXECUTORS.items() if issubclass(cls, ArrayExecutor))
+    return ("local", *arrays, "ray")
+
+
+def check_attribution_executor(executor: str) -> None:
+    """Raise ValueError naming ``--executor`` and the choices when attribution cannot run on ``executor``."""
+    if executor not in attribution_executors():
+        raise ValueError(f"--executor must be one of {', '.join(attribution_executors())}, got {executor!r}")
 
 
 def lds_task_command(run_dir: Path, regime: Regime, python: Optional[str] = None) -> list[str]:
@@ -82,8 +93,7 @@ def run_lds_models(study: LDSStudy, executor: str, *, workers: int = 1, threads:
     local / ray: blocks until they are trained (returns None). sge / slurm: writes (and unless ``dry_run``
     submits) a job array and returns its Submission; merge later with ``cnnlab lds`` once the tasks finished.
     """
-    if executor not in ENGINES:
-        raise ValueError(f"--executor must be one of {', '.join(ENGINES)}, got {executor!r}")
+    check_attribution_executor(executor)
     if not study.pending():
         return None
     if executor == "local":
@@ -207,8 +217,7 @@ def run_magic_chunks(chunks: MagicChunks, executor: str, task_command: list[str]
         None once the chunks are computed (local, ray), else the Submission of the job array (merge later
         with the same ``cnnlab magic`` command once its tasks finished).
     """
-    if executor not in ENGINES:
-        raise ValueError(f"--executor must be one of {', '.join(ENGINES)}, got {executor!r}")
+    check_attribution_executor(executor)
     if not chunks.pending():
         return None
     if executor == "local":
