@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.utils.io import save_torch_atomic
+from cnnlab.utils.tagged import load_tagged
 
 if TYPE_CHECKING:
     from cnnlab.engine.callbacks import Callback
@@ -40,15 +41,12 @@ def save_checkpoint(path: str | Path, *, epoch: int, state: dict[str, Any], ema:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a cnnlab checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} file")
-    return ckpt
+    """Load a cnnlab checkpoint safely (``weights_only=True``, on CPU) and check its format tag.
+
+    Raises:
+        TaggedFileError (a ValueError): the file is missing, unreadable, or not a ``CHECKPOINT_FORMAT`` file.
+    """
+    return load_tagged(path, CHECKPOINT_FORMAT, what="checkpoint")
 
 
 def checkpoint_weights(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Tensor]]:

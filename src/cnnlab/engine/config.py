@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnnlab.utils.configdiff import config_diff  # noqa: F401 - re-exported
+from cnnlab.utils.devices import check_device_name
 from cnnlab.utils.io import load_yaml_text
 
 
@@ -192,9 +193,7 @@ class TrainConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not v.startswith(("cuda", "mps")):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+        return check_device_name(v)
 
 
 class RunConfig(_Strict):

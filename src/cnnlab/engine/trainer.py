@@ -8,7 +8,6 @@ checkpoint reproduces the uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,7 +28,9 @@ from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_devi
 from cnnlab.engine.step import TrainState, eval_logits, train_step
 from cnnlab.engine.userrun import build_user_run
 from cnnlab.engine.versions import versions
+from cnnlab.utils.configdiff import mismatch_message
 from cnnlab.utils.io import append_jsonl, ensure_contained, write_json_atomic, write_text_atomic, write_yaml_atomic
+from cnnlab.utils.memory import peak_rss_bytes
 
 # moved to their own modules; still importable from here
 __all__ = ["CHECKPOINT_FORMAT", "Trainer", "TrainingDiverged", "load_checkpoint", "model_from_state",
@@ -151,9 +152,10 @@ class Trainer:
         ckpt = load_checkpoint(path)
         diff = config_diff(ckpt["config"], self.config.to_dict())
         if diff:
-            other = [f"{k} ({a!r} -> {b!r})" for k, a, b in diff if k != "train.epochs"]
+            other = [d for d in diff if d[0] != "train.epochs"]
             if other:
-                raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(other)}")
+                raise ConfigError(mismatch_message("resume", self.run_dir, other, hint=(
+                    f"{path.name} was trained under the old values; only train.epochs may change on resume. Pick another --out")))
             self._check_extension(int(ckpt["config"]["train"]["epochs"]), int(ckpt["epoch"]))
         self.state = TrainState.from_tensors(to_device(ckpt["state"], self.parts.device))
         self.ema = to_device(ckpt["ema"], self.parts.device)
@@ -530,17 +532,19 @@ def _step_plateau(scheduler: Any, metrics: dict[str, Any]) -> None:
 
 
 def _memory_mb(device: torch.device) -> float:
+    """Peak memory so far in MiB: allocated on a CUDA device, else this process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def _memory_stats(device: torch.device) -> dict[str, float]:
+    """An epoch's memory metric: ``peak_mem_mb`` (CUDA, this epoch's peak) or ``peak_rss_mb`` (the process's)."""
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = _memory_mb(device)
         torch.cuda.reset_peak_memory_stats(device)
         return {"peak_mem_mb": peak}
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_rss_mb": _memory_mb(device)}
 
 
 def _checksum(params: dict[str, Tensor]) -> Tensor:
