@@ -124,6 +124,7 @@ def updated_buffers(model: nn.Module, buffers: dict[str, Tensor], stats: dict[st
 
 # ----------------------------------------------------------------- evaluation
 def _bn_eval_formula(m: BatchNorm, x: Tensor) -> Tensor:
+    assert m.running_mean is not None and m.running_var is not None  # only layers that track running stats
     shape = (1, -1) + (1,) * (x.ndim - 2)
     y = (x - m.running_mean.reshape(shape)) * torch.rsqrt(m.running_var + m.eps).reshape(shape)
     if m.affine:
@@ -137,7 +138,7 @@ def differentiable_bn_eval(model: nn.Module) -> Iterator[None]:
     (torch's native kernel is not), so a measurement can see how training moved them."""
     bns = list(tracking_batchnorms(model).values())
     for m in bns:
-        m.forward = (lambda x, m=m: _bn_eval_formula(m, x))  # type: ignore[method-assign]
+        m.forward = functools.partial(_bn_eval_formula, m)  # type: ignore[method-assign]
     try:
         yield
     finally:

@@ -162,7 +162,8 @@ class ModelCheckpoint(Callback):
         if self.save_dir is None:
             raise ValueError("ModelCheckpoint.step needs save_dir (as a Trainer callback without one it writes to the run directory)")
         self._dir = self.save_dir
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = self.save_dir
+        save_dir.mkdir(parents=True, exist_ok=True)
         value = _monitored(metrics, self.monitor)
         res = f"-res{resolution}" if resolution is not None else ""
         name = f"epoch{epoch:04d}{res}-{self.monitor}={value:.4f}.pt"
@@ -173,7 +174,7 @@ class ModelCheckpoint(Callback):
                                        "monitor": self.monitor, "resolution": resolution}
             if self.save_optimizer and optimizer is not None:
                 payload["optimizer_state_dict"] = optimizer.state_dict()
-            save_torch_atomic(self.save_dir / fname, payload)
+            save_torch_atomic(save_dir / fname, payload)
             self._meta[fname] = {"epoch": epoch, "value": value, "resolution": resolution, "metrics": clean}
 
         saved = self._admit(epoch, value, name, save)
@@ -253,7 +254,7 @@ class LRSchedulerCallback(Callback):
         if self.is_plateau:
             if metrics is None:
                 raise ValueError(f"the plateau scheduler steps on a metric: step(metrics={{{self.monitor!r}: value}})")
-            value = metrics if isinstance(metrics, (int, float)) else _monitored(metrics, self.monitor)
+            value = metrics if isinstance(metrics, (int, float)) else _monitored(metrics, self.monitor or "val_loss")
             self.scheduler.step(float(value))
         else:
             self.scheduler.step()

@@ -226,9 +226,9 @@ def build_run(
         model.init_whitening(_whitening_batch(dataset, in_channels, resolution))
     model = model.to(device)
     if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
     if t.compile:
-        model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
+        model.forward = torch.compile(model.forward)
 
     if in_channels != dataset.in_channels or serve:
         mean, std = converted_stats(dataset.train.images, channels=in_channels, resize=serve)
@@ -277,7 +277,7 @@ def torch_class_optimizer(config: RunConfig, model: nn.Module, groups) -> Functi
     import importlib
 
     o = config.optim
-    module, _, attr = o.torch_class.rpartition(".")
+    module, _, attr = (o.torch_class or "").rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), attr) if module else None
     except (ImportError, AttributeError):

@@ -74,8 +74,8 @@ class StepSettings:
 class StepOutput:
     loss: Tensor  # weighted mean loss of the batch (detached unless create_graph)
     correct: Tensor  # number of correct top-1 predictions in the batch
-    finite: Tensor | None = None  # fp16: whether the update was applied
-    pred: Tensor | None = None  # top-1 predictions of the batch (detached)
+    finite: Tensor | None  # fp16: whether the update was applied (None without loss scaling)
+    pred: Tensor  # top-1 predictions of the batch (detached)
 
 
 GradReducer = Callable[[list[Tensor]], None]
@@ -123,7 +123,7 @@ def forward_loss(
 
 
 def _clip(grads: list[Tensor], max_norm: float) -> list[Tensor]:
-    total = torch.sqrt(sum((_upcast(g) ** 2).sum() for g in grads))
+    total = torch.sqrt(torch.stack([(_upcast(g) ** 2).sum() for g in grads]).sum())
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     return [g * coef.to(g.dtype) for g in grads]
 
@@ -221,6 +221,7 @@ def _split(x: Tensor, y: Tensor, w: Tensor, parts: int) -> list[tuple[Tensor, Te
 
 def _apply_loss_scaling(old: TrainState, new: TrainState, finite: bool, growth_interval: int = 2000) -> TrainState:
     """GradScaler's rule: skip a non-finite step and halve the scale; double it after ``growth_interval`` good steps."""
+    assert old.loss_scale is not None and new.loss_scale is not None, "loss scaling needs a loss scale (fp16)"
     if not finite:
         return TrainState(old.params, new.buffers, old.opt_state, old.step + 1, old.loss_scale * 0.5, 0)
     good = old.good_steps + 1

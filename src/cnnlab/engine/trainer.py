@@ -235,7 +235,7 @@ class Trainer:
         if acc is None:
             raise ValueError(f"the {split} data is empty")
         if split == "test":
-            self.test_confusion = acc.confusion.tolist()
+            self.test_confusion = acc.confusion.tolist() if acc.confusion is not None else None
         return acc.summary({"test": "test", "val": "val", "train": "train_clean"}[split])
 
     def validate(self) -> dict[str, float]:
@@ -332,6 +332,7 @@ class Trainer:
                 src = self.state.buffers.get(n)
                 if src is not None and src.data_ptr() != b.data_ptr():
                     b.copy_(src)
+        assert self.user_optimizer is not None  # the user route always has one
         sync_torch_optimizer(self.user_optimizer, self.parts.settings.optimizer, self._targets, self.state.opt_state, self.state.step)
 
     def train_epoch(self) -> dict[str, Any]:
@@ -357,7 +358,7 @@ class Trainer:
             self._prepare_run_dir(resume)
         if resume and ckpt_path is not None and ckpt_path.exists():
             self._restore(ckpt_path)
-            if self.is_main:
+            if self.is_main and self.run_dir is not None:
                 write_text_atomic(self.run_dir / "metrics.jsonl", "".join(_jsonl(h) for h in self.history))
         for cb in self.callbacks:
             cb.on_train_start(self)
@@ -394,7 +395,7 @@ class Trainer:
                 self.history.append(metrics)
                 self.epoch = epoch + 1
                 bar.end_epoch(metrics)
-                if self.run_dir and self.is_main:
+                if self.run_dir and ckpt_path and self.is_main:
                     if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs or self.should_stop:
                         self.save_checkpoint(ckpt_path, self.epoch)
                     append_jsonl(self.run_dir / "metrics.jsonl", metrics)
