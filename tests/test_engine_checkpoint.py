@@ -104,6 +104,10 @@ def test_version_stamp_names_the_stack():
 
 def test_resume_into_another_config_names_the_key(tmp_path):
     Trainer(load_config(None, FAST), tmp_path / "r", progress=False).fit()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"cannot resume .*r: its config differs from this one at optim\.lr \(0\.05 -> 0\.2\)\. Nothing was changed"):
+        Trainer(load_config(None, [*FAST, "optim.lr=0.2"]), tmp_path / "r", progress=False).fit(resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before  # config.yaml checked first
     (tmp_path / "r" / "config.yaml").unlink()  # only the checkpoint still knows the config it was trained with
     with pytest.raises(ConfigError, match=r"cannot resume .*r: its config differs from this one at optim\.lr \(0\.05 -> 0\.2\)"):
         Trainer(load_config(None, [*FAST, "optim.lr=0.2"]), tmp_path / "r", progress=False).fit(resume=True)
