@@ -191,7 +191,9 @@ def test_vmapped_step_equals_loop():
     members = [TrainState.from_model(create_deterministic_model(0, "tiny_cnn", f"m{i}", in_channels=1, widths=(4, 8)), opt) for i in range(3)]
     x, y = _data()
     lrs = torch.tensor([0.1, 0.05, 0.01])
-    stack = lambda ds: {k: torch.stack([d[k] for d in ds]) for k in ds[0]}
+    def stack(ds):
+        return {k: torch.stack([d[k] for d in ds]) for k in ds[0]}
+
     params = stack([m.params for m in members])
     buffers = stack([m.buffers for m in members])
     mom = {n: {"momentum_buffer": torch.stack([m.opt_state[n]["momentum_buffer"] for m in members])} for n in members[0].opt_state}

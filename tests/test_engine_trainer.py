@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,10 +39,10 @@ def test_run_directory_contents_and_safe_checkpoints(tmp_path):
     run = tmp_path / "run"
     result = Trainer(_cfg("train.clean_train_eval=true", "callbacks.checkpoint.top_k=1", "data.val_split=0.2"), run, progress=False).fit()
     assert (run / "config.yaml").exists() and (run / "result.json").exists()
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["epoch"] for rec in lines] == [1, 2]
     assert {"val_acc", "val_top5", "val_f1", "gen_gap", "images_per_s", "peak_rss_mb"} <= set(lines[-1])
-    assert not any(k.startswith("test_") for l in lines for k in l)  # the test split is evaluated once, at the end
+    assert not any(k.startswith("test_") for rec in lines for k in rec)  # the test split is evaluated once, at the end
     assert {"last", "best"} <= set(result["test"]) and result["best"]["test"] == result["test"]["best"]
     assert result["status"] == "completed" and result["best"]["checkpoint"].startswith("checkpoints/epoch")
     assert np.array(result["confusion_matrix"]).sum() == 360
@@ -86,7 +85,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     for n, p in ref_params.items():
         assert torch.equal(ckpt["state"]["params"][n], p), n
-    lines = [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()]
+    lines = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert lines == list(range(1, 13))
 
 

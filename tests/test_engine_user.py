@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -305,7 +304,7 @@ def test_resume_with_more_epochs_extends_a_finished_run_as_if_trained_longer(tmp
     for n in scratch.state.params:
         assert torch.equal(longer.state.params[n], scratch.state.params[n]), n
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3, 4]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
     Trainer(_cfg("schedule.name=onecycle"), tmp_path / "o", progress=False).fit()
     with pytest.raises(ConfigError, match="total length"):
         Trainer(_cfg("schedule.name=onecycle", "train.epochs=3"), tmp_path / "o", progress=False).fit(resume=True)

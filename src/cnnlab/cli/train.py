@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from cnnlab.cli.common import check_mlflow, check_out, fail, mlflow_option, resolve_mlflow_uri, set_option
-from cnnlab.utils.console import console, print_json, print_table
+from cnnlab.utils.console import print_json, print_table
 
 
 def train_cmd(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 
 if TYPE_CHECKING:
+    from cnnlab.engine.config import RunConfig
     from cnnlab.engine.trainer import Trainer
 
 
@@ -161,7 +162,8 @@ class ModelCheckpoint(Callback):
         if self.save_dir is None:
             raise ValueError("ModelCheckpoint.step needs save_dir (as a Trainer callback without one it writes to the run directory)")
         self._dir = self.save_dir
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        save_dir = self.save_dir
+        save_dir.mkdir(parents=True, exist_ok=True)
         value = _monitored(metrics, self.monitor)
         res = f"-res{resolution}" if resolution is not None else ""
         name = f"epoch{epoch:04d}{res}-{self.monitor}={value:.4f}.pt"
@@ -172,7 +174,7 @@ class ModelCheckpoint(Callback):
                                        "monitor": self.monitor, "resolution": resolution}
             if self.save_optimizer and optimizer is not None:
                 payload["optimizer_state_dict"] = optimizer.state_dict()
-            save_torch_atomic(self.save_dir / fname, payload)
+            save_torch_atomic(save_dir / fname, payload)
             self._meta[fname] = {"epoch": epoch, "value": value, "resolution": resolution, "metrics": clean}
 
         saved = self._admit(epoch, value, name, save)
@@ -252,7 +254,7 @@ class LRSchedulerCallback(Callback):
         if self.is_plateau:
             if metrics is None:
                 raise ValueError(f"the plateau scheduler steps on a metric: step(metrics={{{self.monitor!r}: value}})")
-            value = metrics if isinstance(metrics, (int, float)) else _monitored(metrics, self.monitor)
+            value = metrics if isinstance(metrics, (int, float)) else _monitored(metrics, self.monitor or "val_loss")
             self.scheduler.step(float(value))
         else:
             self.scheduler.step()
@@ -270,3 +272,28 @@ class LRSchedulerCallback(Callback):
 
     def load_state_dict(self, state):
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def config_callbacks(config: "RunConfig") -> list[Callback]:
+    """The callbacks a RunConfig's ``callbacks`` section asks for: early stopping, checkpoints, loggers by name,
+    custom callbacks by import path, the curves plot."""
+    from cnnlab.engine.config import ConfigError
+    from cnnlab.engine.loggers import LOGGERS, CurvesPlot, custom_callback
+
+    out: list[Callback] = []
+    es = config.callbacks.early_stopping
+    if es is not None:
+        out.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.warmup_epochs))
+    ck = config.callbacks.checkpoint
+    if ck is not None:
+        out.append(ModelCheckpoint(monitor=ck.monitor, mode=ck.mode, save_top_k=ck.top_k))
+    for name in config.callbacks.loggers:
+        try:
+            out.append(LOGGERS[name]())
+        except ImportError as e:
+            raise ConfigError(f"callbacks.loggers: {e}") from None
+    out += [custom_callback(spec.class_path, spec.init_args, f"callbacks.custom[{i}]")
+            for i, spec in enumerate(config.callbacks.custom)]
+    if config.callbacks.curves:
+        out.append(CurvesPlot())
+    return out

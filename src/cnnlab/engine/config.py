@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnnlab.utils.configdiff import config_diff  # noqa: F401 - re-exported
+from cnnlab.utils.devices import check_device_name
 from cnnlab.utils.io import load_yaml_text
 
 
@@ -34,24 +35,24 @@ class ModelConfig(_Strict):
     name: str = "tiny_cnn"
     options: dict[str, Any] = Field(default_factory=dict)
     init: Literal["default", "kaiming", "xavier"] = "default"
-    in_channels: Optional[int] = Field(None, ge=1, description="default: the dataset's channel count")
-    weights: Optional[str] = Field(None, description="a local state_dict file loaded strictly into the model before training")
+    in_channels: Optional[int] = Field(default=None, ge=1, description="default: the dataset's channel count")
+    weights: Optional[str] = Field(default=None, description="a local state_dict file loaded strictly into the model before training")
 
 
 class DataConfig(_Strict):
     name: str = "digits"
     root: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
-    resolution: Optional[int] = Field(None, ge=1, description="serve images at this size (resize on device)")
-    crop_padding: int = Field(0, ge=0)
+    resolution: Optional[int] = Field(default=None, ge=1, description="serve images at this size (resize on device)")
+    crop_padding: int = Field(default=0, ge=0)
     crop_mode: Literal["reflect", "zeros"] = "reflect"
     flip: Literal["none", "random", "alternating"] = "none"
-    cutout: int = Field(0, ge=0)
-    subset: Optional[Union[int, float]] = Field(None, description="first N train examples (int) or a fraction (float)")
-    subset_seed: Optional[int] = Field(None, description="draw the subset at random with this seed instead of taking the first")
+    cutout: int = Field(default=0, ge=0)
+    subset: Optional[Union[int, float]] = Field(default=None, description="first N train examples (int) or a fraction (float)")
+    subset_seed: Optional[int] = Field(default=None, description="draw the subset at random with this seed instead of taking the first")
     val_split: Optional[Union[int, float]] = Field(
-        None, description="hold out N train examples (int) or a fraction (float), stratified by class, for validation")
-    val_seed: int = Field(0, ge=0, description="seed of the validation draw (fixed across run seeds by default)")
+        default=None, description="hold out N train examples (int) or a fraction (float), stratified by class, for validation")
+    val_seed: int = Field(default=0, ge=0, description="seed of the validation draw (fixed across run seeds by default)")
 
     @field_validator("subset")
     @classmethod
@@ -78,21 +79,21 @@ class DataConfig(_Strict):
 
 class OptimConfig(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
 
     @field_validator("betas", mode="before")
     @classmethod
     def _betas(cls, v):  # YAML has lists, not tuples
         return tuple(v) if isinstance(v, list) else v
-    eps: float = Field(1e-8, gt=0)
-    no_decay_1d: bool = Field(True, description="no weight decay for biases, BN and other 1-D parameters")
-    bias_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the no-decay group")
+    eps: float = Field(default=1e-8, gt=0)
+    no_decay_1d: bool = Field(default=True, description="no weight decay for biases, BN and other 1-D parameters")
+    bias_lr_scale: float = Field(default=1.0, gt=0, description="learning-rate multiplier of the no-decay group")
     torch_class: Optional[str] = Field(
-        None, description="import path of any torch.optim.Optimizer (e.g. torch.optim.RMSprop), built with lr, "
+        default=None, description="import path of any torch.optim.Optimizer (e.g. torch.optim.RMSprop), built with lr, "
                           "weight_decay and optim.options; SGD/Adam/AdamW map onto the functional step, others run their own .step()")
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of optim.torch_class")
 
@@ -105,47 +106,47 @@ class OptimConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     name: Literal["constant", "onecycle", "cosine", "step", "multistep", "exponential", "plateau"] = "onecycle"
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, multiplied on top of the schedule")
+    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up, multiplied on top of the schedule")
     # onecycle (peak = max_lr, default optim.lr)
-    max_lr: Optional[float] = Field(None, gt=0)
-    pct_start: float = Field(0.25, gt=0, lt=1)
+    max_lr: Optional[float] = Field(default=None, gt=0)
+    pct_start: float = Field(default=0.25, gt=0, lt=1)
     anneal_strategy: Literal["cos", "linear"] = "linear"
-    div_factor: float = Field(25.0, gt=0)
-    final_div_factor: float = Field(1e4, gt=0)
+    div_factor: float = Field(default=25.0, gt=0)
+    final_div_factor: float = Field(default=1e4, gt=0)
     # cosine
-    eta_min: float = Field(0.0, ge=0)
+    eta_min: float = Field(default=0.0, ge=0)
     interval: Literal["step", "epoch"] = "step"
     # step / multistep / exponential
-    step_size: int = Field(30, ge=1)
+    step_size: int = Field(default=30, ge=1)
     milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(default=0.1, gt=0)
     # plateau
     monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    factor: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(5, ge=0)
-    threshold: float = Field(1e-4, ge=0)
-    cooldown: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0)
+    factor: float = Field(default=0.1, gt=0, lt=1)
+    patience: int = Field(default=5, ge=0)
+    threshold: float = Field(default=1e-4, ge=0)
+    cooldown: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
 
 
 class EmaConfig(_Strict):
-    decay: float = Field(0.999, gt=0, lt=1)
-    every: int = Field(1, ge=1, description="update the average every N steps")
+    decay: float = Field(default=0.999, gt=0, lt=1)
+    every: int = Field(default=1, ge=1, description="update the average every N steps")
 
 
 class EarlyStoppingConfig(_Strict):
     monitor: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = Field(5, ge=0)
-    min_delta: float = Field(0.0, ge=0)
-    warmup_epochs: int = Field(0, ge=0)
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+    warmup_epochs: int = Field(default=0, ge=0)
 
 
 class CheckpointConfig(_Strict):
     monitor: str = "val_acc"
     mode: Literal["min", "max"] = "max"
-    top_k: int = Field(1, ge=0)
+    top_k: int = Field(default=1, ge=0)
 
 
 class CallbackSpec(_Strict):
@@ -160,41 +161,39 @@ class CallbacksConfig(_Strict):
     checkpoint: Optional[CheckpointConfig] = None
     loggers: list[Literal["csv", "tensorboard"]] = Field(
         default_factory=list, description="metrics.csv (csv) and TensorBoard events in tb/ (tensorboard)")
-    curves: bool = Field(True, description="write curves.png (loss/accuracy per epoch) at the end of training")
+    curves: bool = Field(default=True, description="write curves.png (loss/accuracy per epoch) at the end of training")
     custom: list[CallbackSpec] = Field(default_factory=list, description="callbacks by import path")
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=1000, ge=1)
     drop_last: bool = False
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    accumulate_batches: int = Field(1, ge=1, description="loader batches per optimizer step (effective batch N x batch_size)")
-    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    accumulation: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    accumulate_batches: int = Field(default=1, ge=1, description="loader batches per optimizer step (effective batch N x batch_size)")
+    grad_clip: Optional[float] = Field(default=None, gt=0, description="clip the global gradient norm to this")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "fp32", description="auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AVX-512 BF16 / AMX), else fp32")
+        default="fp32", description="auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AVX-512 BF16 / AMX), else fp32")
     channels_last: bool = False
     compile: bool = False
-    cudnn_benchmark: bool = Field(False, description="let cuDNN pick the fastest convolution algorithms (CUDA; not bitwise reproducible)")
+    cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution algorithms (CUDA; not bitwise reproducible)")
     ema: Optional[EmaConfig] = None
     tta_flip: bool = False
     device: str = "auto"
-    threads: Optional[int] = Field(None, ge=1)
+    threads: Optional[int] = Field(default=None, ge=1)
     deterministic: bool = False
     bn_stats: Literal["native", "explicit"] = Field(
-        "native", description="explicit: out-of-place, differentiable BN running stats (what MAGIC replays)")
-    clean_train_eval: bool = Field(False, description="also evaluate eval-mode accuracy on the un-augmented train set")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between resume checkpoints")
-    log_every: int = Field(10, ge=1, description="steps between progress/divergence checks")
+        default="native", description="explicit: out-of-place, differentiable BN running stats (what MAGIC replays)")
+    clean_train_eval: bool = Field(default=False, description="also evaluate eval-mode accuracy on the un-augmented train set")
+    checkpoint_every: int = Field(default=1, ge=1, description="epochs between resume checkpoints")
+    log_every: int = Field(default=10, ge=1, description="steps between progress/divergence checks")
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not v.startswith(("cuda", "mps")):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+        return check_device_name(v)
 
 
 class RunConfig(_Strict):

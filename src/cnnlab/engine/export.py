@@ -129,6 +129,8 @@ def _onnx(model: nn.Module, example: torch.Tensor, tmp: Path, build: Any) -> tor
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=_dynamic_batch(example),
                                         input_names=["images"], output_names=["logits"], verbose=False)
+            if program is None:  # dynamo=True returns the program; None would mean torch wrote nothing
+                raise RuntimeError("torch.onnx.export returned no program")
             program.save(str(tmp))
     except Exception as e:
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {_first_line(e)}") from None

@@ -36,7 +36,7 @@ class EvalAccumulator:
         self.confusion = cm if self.confusion is None else self.confusion + cm
 
     def summary(self, prefix: str) -> dict[str, float]:
-        if self.count == 0:
+        if self.count == 0 or self.confusion is None:
             raise ValueError("no examples were evaluated")
         out = {f"{prefix}_loss": self.loss_sum / self.count, f"{prefix}_acc": self.top1 / self.count,
                f"{prefix}_top5": self.top5 / self.count}

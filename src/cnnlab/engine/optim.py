@@ -75,7 +75,7 @@ class FunctionalOptimizer:
                 new_params[n], new_state[n] = self._update_one(params[n], grads[n], state[n], glr, g.weight_decay, step)
         return new_params, new_state
 
-    def _update_one(self, p: Tensor, g: Tensor, s: dict[str, Tensor], lr, wd: float, step: int):
+    def _update_one(self, p: Tensor, g: Tensor, s: dict[str, Tensor], lr, wd: float, step: int | Tensor):
         raise NotImplementedError
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cnnlab.engine.config import ConfigError, config_diff
+from cnnlab.utils.configdiff import mismatch_message
 from cnnlab.utils.io import load_yaml_text
 
 #: top-level config keys that mark a run directory of another kind than a plain training run
@@ -67,5 +68,5 @@ def check_same_run(run_dir: str | Path, config: dict[str, Any], *, action: str =
         raise ConfigError(f"cannot {action} {run_dir}: it holds {what}, not {KIND_KEYS.get(want_kind, 'a training run')}; nothing was changed. "
                           "Pick another --out")
     if stored != want and not kind_only and any(k not in ignore for k, _, _ in config_diff(stored, want)):
-        raise ConfigError(f"cannot {action} {run_dir}: its config.yaml differs at {describe_diff(stored, want)}; "
-                          "nothing was changed. Pick another --out, or resume with the stored settings")
+        raise ConfigError(mismatch_message(action, run_dir, config_diff(stored, want), hint=(
+            "Nothing was changed (config.yaml holds the stored settings). Pick another --out, or resume with the stored settings")))

@@ -24,6 +24,7 @@ from cnnlab.engine.schedules import Schedule
 from cnnlab.engine.step import StepSettings, TrainState
 from cnnlab.models import InitFromData, create_deterministic_model
 from cnnlab.models.registry import get_entry
+from cnnlab.utils.devices import resolve_device as _resolve_device
 from cnnlab.utils.seeding import derive_seed
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,13 +52,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", f"auto: no native bf16 on this {device.type} (bf16 would be emulated, slower)"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available on this machine")
-    return dev
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``train.device`` as a torch.device (``auto``: CUDA when there is one); a device this machine lacks is a
+    ConfigError naming ``key``. The toolkit's :func:`cnnlab.utils.devices.resolve_device`, kept here for importers."""
+    return _resolve_device(name, key=key, error=ConfigError)
 
 
 def apply_runtime(config: RunConfig) -> None:
@@ -228,9 +226,9 @@ def build_run(
         model.init_from_data(_init_batch(dataset, in_channels, resolution))
     model = model.to(device)
     if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
     if t.compile:
-        model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
+        model.forward = torch.compile(model.forward)
 
     if in_channels != dataset.in_channels or serve:
         mean, std = converted_stats(dataset.train.images, channels=in_channels, resize=serve)
@@ -279,7 +277,7 @@ def torch_class_optimizer(config: RunConfig, model: nn.Module, groups) -> Functi
     import importlib
 
     o = config.optim
-    module, _, attr = o.torch_class.rpartition(".")
+    module, _, attr = (o.torch_class or "").rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), attr) if module else None
     except (ImportError, AttributeError):

@@ -50,8 +50,9 @@ class LoaderBatches:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None:  # DistributedSampler: a new shuffle each epoch
+            set_epoch(epoch)
         for item in self.loader:
             x, y = _to_device(*_xy(item), self.device, self.channels_last)
             n = int(y.shape[0])
