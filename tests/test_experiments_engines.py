@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.experiments import Sweep
 from cnnlab.experiments.executors import EXECUTORS, SubmitRequest
-from cnnlab.experiments.executors.array import ArrayExecutor, ArrayJob
+from cnnlab.experiments.executors.array import ArrayExecutor
 
 cli = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "experiments" / "executors"

@@ -27,7 +27,7 @@ from cnnlab.cli import app
 from cnnlab.engine.config import ConfigError, build_config
 from cnnlab.engine.rundir import canonical, config_digest
 from cnnlab.engine.trainer import Trainer
-from cnnlab.experiments import Sweep, run_local, run_one, store, todo_runs
+from cnnlab.experiments import Sweep, run_local, store, todo_runs
 from cnnlab.experiments.results import collect
 from cnnlab.utils.io import PathEscapeError, append_jsonl, write_json_atomic, write_text_atomic
 

@@ -1,20 +1,17 @@
 """Family-specific behaviour: rn9 pooling/scale/width/bias, airbench whitening/dirac/frozen BN,
 option-A shortcuts, batchnorm/dropout switches, SimpleResNet blocks."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.special import logsumexp
 from torch import nn
 
 from cnnlab.models import create_model, model_info
 from cnnlab.models.airbench import dirac_init_
 from cnnlab.models.cifar_resnet import ShortcutA
 from cnnlab.models.registry import meta_device
-from cnnlab.models.resnet9 import LogSumExpPool2d
 
 
 def meta(name, **kw):

@@ -3,7 +3,6 @@ strict loading, option checks against the factory's signature, ``cnnlab models i
 
 import json
 import sys
-import textwrap
 
 import pytest
 import torch
