@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from cnnlab.population.plan import TrainPlan
+from cnnlab.population.plan import BACKENDS, TrainPlan
 from cnnlab.population.state import PopulationState
 from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 from cnnlab.utils.tagged import load_tagged
 
 CHECKPOINT_FORMAT = "cnnlab-population-checkpoint-v1"
-BACKENDS = ("auto", "vmap", "loop", "procs")
 
 
 def checkpoint_path(plan: TrainPlan, ids: Sequence[int]) -> Path:

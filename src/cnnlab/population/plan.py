@@ -19,6 +19,7 @@ from cnnlab.data.batches import BatchLoader
 from cnnlab.engine.step import StepSettings, TrainState
 from cnnlab.population.state import PopulationState
 
+BACKENDS = ("auto", "vmap", "loop", "procs")
 LrFn = Callable[[int], float]
 ProgressFn = Callable[[int], None]
 

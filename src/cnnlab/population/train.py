@@ -30,13 +30,13 @@ from torch import Tensor, nn
 
 from cnnlab.data.batches import BatchLoader
 from cnnlab.engine.step import StepSettings
-from cnnlab.population.checkpoints import BACKENDS, CHECKPOINT_FORMAT
+from cnnlab.population.checkpoints import CHECKPOINT_FORMAT
 from cnnlab.population.checkpoints import record_choice as _record_choice
 from cnnlab.population.checkpoints import recorded_choice as _recorded_choice
 from cnnlab.population.choice import cached_choice as _cached_choice
 from cnnlab.population.choice import choose_backend
 from cnnlab.population.members import train_members
-from cnnlab.population.plan import EvalSet, LrFn, ProgressFn, TrainPlan, default_workers, make_plan
+from cnnlab.population.plan import BACKENDS, EvalSet, LrFn, ProgressFn, TrainPlan, default_workers, make_plan
 from cnnlab.population.procs import PROCESS_STARTUP_S, lr_picklable, train_processes
 from cnnlab.population.stack import Population
 from cnnlab.population.state import PopulationState
