@@ -273,6 +273,11 @@ class SepCMAES(SearchStrategy[SepCMAESSettings]):
                  + c_cov (1 - 1/mu_cov) sum_i w_i y_i^2
         sigma <- sigma exp(c_s / d_s (||p_s|| / E||N|| - 1))
 
+    These are the paper's rates. EvoTorch's ``CMAES(separable=True)`` defaults to pycma's instead (c_c ~
+    1/sqrt(n), separate c_1 and c_mu, active CMA); given c_c, c_1 = c_cov / mu_cov, c_mu = c_cov (1 - 1/mu_cov)
+    and ``active=False`` it follows this class to float rounding on the same noise (benchmarks/es_peers.py
+    ``--lockstep``).
+
     Args: ``center`` (Tensor (P,)), ``settings`` (:class:`SepCMAESSettings`), ``seed`` (int).
     """
 
