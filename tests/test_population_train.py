@@ -276,3 +276,11 @@ def test_resumed_auto_run_keeps_the_backend_it_chose(digits, tmp_path, monkeypat
     (ckpt / "backend.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="cannot read .*backend.json"):
         train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)
+
+
+def test_step_backends_are_a_registry():
+    from cnnlab.population.backends import STEPPERS, LoopStepper, VmapStepper, make_stepper
+
+    assert STEPPERS.names() == ["loop", "vmap"] and STEPPERS.get("loop") is LoopStepper and STEPPERS.get("vmap") is VmapStepper
+    with pytest.raises(ValueError, match="unknown step backend 'vmapp'. Did you mean 'vmap'"):
+        make_stepper("vmapp", None, None, None)
