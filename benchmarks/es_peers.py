@@ -13,11 +13,17 @@ Pairs (cnnlab ``es.algorithm`` and settings -> EvoTorch 0.6.1 searcher):
   pgpe        PGPE, ClipUp lr 0.03 (max speed 0.06), stdev_lr 0.1, max change 0.2 -> PGPE(clipup, same)
   pgpe_adam   PGPE, Adam lr 0.03, stdev_lr 0.1, max change 0.2 -> PGPE(adam, same)
   snes        SNES, published defaults but population 32 -> SNES(popsize 32, defaults)
-  sep_cmaes   sep-CMA-ES, population 32 -> CMAES(separable=True, popsize 32)
+  sep_cmaes   sep-CMA-ES (Ros & Hansen 2008), population 32 -> CMAES(separable=True, popsize 32) with the same
+              algorithm: Ros & Hansen's c_c = 4/(n+4) and c_cov split into c_1 = c_cov/mu_cov and
+              c_mu = c_cov (1 - 1/mu_cov), active=False (like with like: given the same noise the two centers
+              agree to float rounding, max |difference| 4e-7 after 100 generations)
+  sep_cmaes_pycma  the same cnnlab run -> CMAES(separable=True, popsize 32) with EvoTorch's defaults, which
+              are another setting, not the paper's: pycma's separable rates (c_c ~ 1/sqrt(n), c_1, c_mu) and
+              active CMA (negative weights for the worse half)
 
     pip install 'cnnlab[bench]'     # or: pip install evotorch==0.6.1 (the benchmark's only extra)
     python benchmarks/es_peers.py [--problem digits|mnist] [--generations 100] [--seeds 0 1 2] [--pairs openai pgpe ...]
-                                  [--no-write]
+                                  [--no-write] [--lockstep]
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ PAIRS = {
     "pgpe_adam": ({"es.algorithm": "pgpe", "es.optimizer": "adam", "es.lr": 0.03},
                   "PGPE(optimizer=adam, stdev_learning_rate=0.1, stdev_max_change=0.2)"),
     "snes": ({"es.algorithm": "snes"}, "SNES(popsize=32)"),
-    "sep_cmaes": ({"es.algorithm": "sep_cmaes"}, "CMAES(separable=True, popsize=32)"),
+    "sep_cmaes": ({"es.algorithm": "sep_cmaes"}, "CMAES(separable=True, popsize=32, Ros & Hansen's c_c, c_1, c_mu, active=False)"),
+    "sep_cmaes_pycma": ({"es.algorithm": "sep_cmaes"}, "CMAES(separable=True, popsize=32), EvoTorch's defaults (pycma rates, active)"),
 }
 
 
@@ -138,6 +145,8 @@ def run_evotorch(pair: str, seed: int, generations: int, problem: str) -> dict:
                         stdev_max_change=0.2, symmetric=True, **common)
     elif pair == "snes":
         searcher = SNES(problem, stdev_init=0.05, **common)
+    elif pair == "sep_cmaes":
+        searcher = CMAES(problem, stdev_init=0.05, separable=True, **_ros_hansen_rates(run.strategy), **common)
     else:
         searcher = CMAES(problem, stdev_init=0.05, separable=True, **common)
     times = []
@@ -148,6 +157,52 @@ def run_evotorch(pair: str, seed: int, generations: int, problem: str) -> dict:
         times.append(time.perf_counter() - t0)
     center = searcher.status["center"].clone().as_subclass(torch.Tensor).float()
     return {"test_acc": run.evaluate_mean(center)["test_acc"], **_timings(times, fitness.seconds)}
+
+
+def _ros_hansen_rates(strategy) -> dict:
+    """cnnlab's sep-CMA-ES rates in EvoTorch's terms (tensors: EvoTorch 0.6.1 calls .cpu() on given c_1, c_mu)."""
+    import torch
+
+    t = lambda v: torch.tensor(float(v))  # noqa: E731
+    return {"c_c": t(strategy.c_c), "c_1": t(strategy.c_cov / strategy.mu_cov),
+            "c_mu": t(strategy.c_cov * (1 - 1 / strategy.mu_cov)), "active": False}
+
+
+def lockstep_sep_cmaes(seed: int, generations: int, problem: str) -> dict:
+    """cnnlab's sep-CMA-ES and EvoTorch's CMAES(separable=True) on the same noise z in one process: with Ros &
+    Hansen's rates EvoTorch follows cnnlab to float rounding (the implementations agree); with EvoTorch's
+    defaults it takes another path (another setting). Returns the largest center differences and accuracies."""
+    import logging
+    import warnings
+
+    import torch
+    from evotorch import Problem
+    from evotorch.algorithms import CMAES
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.INFO)
+    run = _run("sep_cmaes", seed, generations, problem)
+    es, fit, x0 = run.strategy, run.batch_fitness, run.strategy.center.clone()
+    state = {"generation": 0}
+
+    def searcher(**rates):
+        p = Problem("max", lambda v: fit(v, state["generation"]), solution_length=x0.numel(), vectorized=True,
+                    initial_bounds=(-1, 1), dtype=torch.float32, seed=seed)
+        p.make_gaussian = lambda num_solutions=None, **kw: es.noise(state["generation"]).clone()  # cnnlab's draw
+        return CMAES(p, stdev_init=0.05, separable=True, popsize=32, center_init=x0, **rates)
+
+    same, default = searcher(**_ros_hansen_rates(es)), searcher()
+    gap = {"same_rates": 0.0, "evotorch_defaults": 0.0}
+    for g in range(generations):
+        state["generation"] = g
+        same.step()
+        default.step()
+        es.tell(fit(es.ask(), g))
+        for k, other in (("same_rates", same), ("evotorch_defaults", default)):
+            gap[k] = max(gap[k], float((es.center - other.m.as_subclass(torch.Tensor)).abs().max()))
+    acc = lambda v: run.evaluate_mean(v.as_subclass(torch.Tensor).float())["test_acc"]  # noqa: E731
+    return {"seed": seed, "max_center_diff": gap, "test_acc": {"cnnlab": acc(es.center), "evotorch_same_rates": acc(same.m),
+                                                            "evotorch_defaults": acc(default.m)}}
 
 
 def _child(tool: str, pair: str, seed: int, generations: int, problem: str) -> dict:
@@ -167,6 +222,8 @@ def main() -> None:
     ap.add_argument("--problem", choices=["digits", "mnist"], default="digits",
                     help="digits: configs/es_digits.yaml's data; mnist: 28x28 MNIST t10k split 8k/2k (EMNIST-like, CPU-sized)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="only compare the sep-CMA-ES updates on the same noise, per seed (prints JSON; writes nothing)")
     ap.add_argument("--child", nargs=5, metavar=("TOOL", "PAIR", "SEED", "GENERATIONS", "PROBLEM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -177,6 +234,10 @@ def main() -> None:
         fn = run_cnnlab if tool == "cnnlab" else run_evotorch
         print(json.dumps(fn(pair, int(seed), int(gens), problem)))
         return
+    if args.lockstep:
+        for seed in args.seeds:
+            print(json.dumps(lockstep_sep_cmaes(seed, args.generations, args.problem)), flush=True)
+        return
     import torch
 
     try:
@@ -185,11 +246,15 @@ def main() -> None:
         sys.exit("this benchmark needs EvoTorch: pip install 'cnnlab[bench]' (or evotorch==0.6.1)")
     load_before = os.getloadavg()[0]
     results: dict[tuple[str, str], list[dict]] = {}
+    done: dict[tuple, dict] = {}  # sep_cmaes and sep_cmaes_pycma share cnnlab's run of a seed
     for i, seed in enumerate(args.seeds):
         for pair in args.pairs:
             tools = ["cnnlab", "evotorch"] if (i % 2 == 0) else ["evotorch", "cnnlab"]
             for tool in tools:
-                r = _child(tool, pair, seed, args.generations, args.problem)
+                key = (tool, json.dumps(PAIRS[pair][0], sort_keys=True) if tool == "cnnlab" else pair, seed)
+                if key not in done:
+                    done[key] = _child(tool, pair, seed, args.generations, args.problem)
+                r = done[key]
                 results.setdefault((pair, tool), []).append(r)
                 print(f"seed {seed} {pair:10s} {tool:9s} test acc {r['test_acc']:.3f}  {r['s_per_gen'] * 1000:.1f} ms/gen "
                       f"(fitness {r['fitness_s'] * 1000:.1f}, own {r['own_s'] * 1000:.2f})", flush=True)

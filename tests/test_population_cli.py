@@ -164,7 +164,7 @@ def test_population_train_resume_flags(tmp_path):
     again = json.loads(res.stdout)
     assert [m["test_acc"] for m in again["members"]] == [m["test_acc"] for m in first["members"]]
     res = runner.invoke(app, [*args[:-2], "train.epochs=3", "--out", str(out), "--resume"])
-    assert res.exit_code == 2 and "differs from the saved one at train.epochs (2 -> 3)" in _text(res)
+    assert res.exit_code == 2 and "differs from this one at train.epochs (2 -> 3)" in _text(res)
     res = runner.invoke(app, [*args[:-2], "--resume"])
     assert res.exit_code == 2 and "--resume needs --out" in _text(res)
     (out / "result.json").unlink()

@@ -146,3 +146,30 @@ def test_fitness_on_ray_actors_equals_one_process():
     result = on_ray.run(progress=False)
     assert torch.equal(one.strategy.center, on_ray.strategy.center)
     assert [h["fitness_mean"] for h in one.history] == [h["fitness_mean"] for h in result["history"]]
+
+
+def test_fitness_executors_are_a_registry():
+    from cnnlab.population.es_workers import FITNESS_EXECUTORS, InProcess, LocalProcesses, make_pool
+
+    assert FITNESS_EXECUTORS.names() == ["local", "ray"]
+    run = ESRun(_cfg("es.population=4"))
+    with make_pool(run.batch_fitness, workers=1, executor="local") as pool:
+        assert isinstance(pool, InProcess)
+        cand = run.strategy.ask()
+        assert torch.equal(pool(cand, 0), run.batch_fitness(cand, 0))
+    with make_pool(run.batch_fitness, workers=2, executor="local") as pool:
+        assert isinstance(pool, LocalProcesses)
+        assert torch.equal(pool(cand, 0), run.batch_fitness(cand, 0))
+    with pytest.raises(ValueError, match="unknown ES fitness executor 'lokal'. Did you mean 'local'"):
+        make_pool(run.batch_fitness, executor="lokal")
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    """Off a terminal the ES run prints plain k/N lines (every line here: interval 0) with the fitness."""
+    monkeypatch.setenv("CNNLAB_PROGRESS_INTERVAL", "0")
+    ESRun(_cfg("es.population=4")).run(progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ES tiny_cnn:")]
+    assert [ln.split()[2] for ln in lines] == ["0/4", "1/4", "2/4", "3/4", "4/4"]
+    assert "fitness" in lines[-1] and "(100%)" in lines[-1]
+    ESRun(_cfg("es.population=4")).run(progress=False)
+    assert "ES tiny_cnn" not in capsys.readouterr().err

@@ -44,9 +44,9 @@ def _schedule(step):
 
 def _assert_states_close(a, b, atol=1e-5):
     for n in a.params:
-        torch.testing.assert_close(a.params[n], b.params[n], rtol=1e-4, atol=atol, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(a.params[n], b.params[n], rtol=1e-4, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
     for n in a.buffers:
-        torch.testing.assert_close(a.buffers[n].double(), b.buffers[n].double(), rtol=1e-4, atol=atol, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(a.buffers[n].double(), b.buffers[n].double(), rtol=1e-4, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("optimizer,bn_stats", [("sgd", "native"), ("adam", "explicit")])
@@ -117,7 +117,7 @@ def test_population_equals_independent_torch_optim_training(digits):
         for backend, r in res.items():
             for n, p in ref.named_parameters():
                 torch.testing.assert_close(r.state.params[n][m], p.detach(), rtol=1e-4, atol=2e-5,
-                                           msg=lambda s: f"{backend} member {m} {n}: {s}")
+                                           msg=lambda s, b=backend, m=m, n=n: f"{b} member {m} {n}: {s}")
             torch.testing.assert_close(r.state.buffers["features.1.running_var"][m], ref.features[1].running_var,
                                        rtol=1e-4, atol=1e-5)
 
@@ -276,3 +276,11 @@ def test_resumed_auto_run_keeps_the_backend_it_chose(digits, tmp_path, monkeypat
     (ckpt / "backend.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="cannot read .*backend.json"):
         train_population(models, loader, settings, checkpoint_dir=ckpt, **kw)
+
+
+def test_step_backends_are_a_registry():
+    from cnnlab.population.backends import STEPPERS, LoopStepper, VmapStepper, make_stepper
+
+    assert STEPPERS.names() == ["loop", "vmap"] and STEPPERS.get("loop") is LoopStepper and STEPPERS.get("vmap") is VmapStepper
+    with pytest.raises(ValueError, match="unknown step backend 'vmapp'. Did you mean 'vmap'"):
+        make_stepper("vmapp", None, None, None)

@@ -25,6 +25,7 @@ from cnnlab.engine.step import StepSettings, TrainState, train_step
 from cnnlab.population.bn import has_random_layers
 from cnnlab.population.stack import meta_skeleton
 from cnnlab.population.state import PopulationState
+from cnnlab.utils.registry import Registry
 from cnnlab.utils.seeding import derive_seed, fork_rng_seeded
 
 
@@ -184,15 +185,15 @@ def _eval_one(skeleton: nn.Module, params: dict[str, Tensor], buffers: dict[str,
     return functional_call(skeleton, (params, buffers), (x,)).float()
 
 
-STEPPERS: dict[str, type[Stepper]] = {"loop": LoopStepper, "vmap": VmapStepper}
+STEPPERS: Registry[type[Stepper]] = Registry("step backend", error=ValueError,
+                                             hint="Register another with STEPPERS.register(name, cls).")
+STEPPERS.register("loop", LoopStepper)
+STEPPERS.register("vmap", VmapStepper)
 
 
 def make_stepper(name: str, model: nn.Module, settings: StepSettings, state: PopulationState, **kw) -> Stepper:
-    try:
-        cls = STEPPERS[name]
-    except KeyError:
-        raise ValueError(f"step backend must be one of {sorted(STEPPERS)}, got {name!r}") from None
-    return cls(model, settings, state, **kw)
+    """The stepper registered as ``name`` (``loop`` or ``vmap``) over ``state``; ``kw``: ``member_ids``, ``seed``."""
+    return STEPPERS.get(name)(model, settings, state, **kw)
 
 
 def member_losses(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

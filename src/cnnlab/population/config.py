@@ -13,7 +13,6 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cnnlab.engine.config import (
-    ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -21,6 +20,7 @@ from cnnlab.engine.config import (
     load_yaml,
     validate_config,
 )
+from cnnlab.utils.devices import check_device_name
 
 
 _Strict = StrictModel
@@ -56,7 +56,7 @@ class PopulationRunConfig(RunConfig):
     """A run config plus the ``population`` section."""
 
     name: str = "population"
-    population: PopulationSection = Field(default_factory=PopulationSection)
+    population: PopulationSection = Field(default_factory=lambda: PopulationSection.model_validate({}))
 
     @model_validator(mode="after")
     def _supported(self):
@@ -182,9 +182,7 @@ class ESSection(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not v.startswith(("cuda", "mps")):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+        return check_device_name(v)
 
 
 class ESRunConfig(_Strict):
@@ -192,9 +190,9 @@ class ESRunConfig(_Strict):
 
     name: str = "es"
     seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    es: ESSection = Field(default_factory=ESSection)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
+    es: ESSection = Field(default_factory=lambda: ESSection.model_validate({}))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

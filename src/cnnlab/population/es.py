@@ -23,13 +23,19 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Optional, TypeVar
 
 import torch
 from torch import Tensor
 
 from cnnlab.population.es_optim import ES_OPTIMIZERS, make_es_optimizer
+from cnnlab.utils.registry import Registry
 from cnnlab.utils.seeding import make_generator
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+S = TypeVar("S", bound="DataclassInstance")  # an algorithm's Settings dataclass
 
 SHAPINGS = ("centered_ranks", "none")
 
@@ -57,10 +63,13 @@ def fitness_stats(fitness: Tensor) -> dict[str, float]:
             "fitness_std": float(f.std()) if f.numel() > 1 else 0.0}
 
 
-class SearchStrategy(ABC):
+class SearchStrategy(ABC, Generic[S]):
     """An ES over a flat vector ``center`` (P,): subclass, set ``name`` and ``Settings``, register.
 
-    An implementation provides ``ask`` (the candidates of the current generation, a pure function of
+    Subclasses must implement: ``center``, ``stdev`` and ``popsize`` (properties), ``_sample(z)`` (the
+    candidates from a standard normal draw of shape ``noise_shape``), ``_update(z, fitness)`` (the new
+    distribution, returning extra statistics) and ``_tensors``/``_load_tensors`` (the mutable state).
+    From these the base provides ``ask`` (the candidates of the current generation, a pure function of
     the state and ``(seed, generation)``), ``tell`` (the update from their fitness), ``center`` (the
     distribution's mean, the solution), ``stdev`` (its per-parameter standard deviation) and
     ``state_dict``/``load_state_dict`` (everything ``tell`` changes).
@@ -69,12 +78,12 @@ class SearchStrategy(ABC):
     name: ClassVar[str] = ""
     Settings: ClassVar[type]
 
-    def __init__(self, center: Tensor, settings: Any, seed: int):
+    def __init__(self, center: Tensor, settings: S, seed: int):
         if center.ndim != 1:
             raise ValueError(f"center must be a flat vector (P,), got shape {tuple(center.shape)}")
         if not isinstance(settings, self.Settings):
             raise TypeError(f"{type(self).__name__} needs {self.Settings.__name__}, got {type(settings).__name__}")
-        self.settings = settings
+        self.settings: S = settings
         self.seed = int(seed)
         self.generation = 0
         self._asked: Optional[tuple[int, Tensor]] = None
@@ -187,22 +196,21 @@ def _float_vector(center: Tensor) -> Tensor:
     return center.detach().clone().to(torch.float64 if center.dtype == torch.float64 else torch.float32)
 
 
-ES_ALGORITHMS: dict[str, type[SearchStrategy]] = {}
+ES_ALGORITHMS: Registry[type[SearchStrategy]] = Registry(
+    "ES algorithm", error=ValueError, hint="Register another with @register_es on a SearchStrategy subclass.")
 
 
 def register_es(cls: type[SearchStrategy]) -> type[SearchStrategy]:
     """Class decorator: add an ES to the registry under ``cls.name``."""
     if not cls.name or cls.name in ES_ALGORITHMS:
         raise ValueError(f"ES name {cls.name!r} is empty or registered twice")
-    ES_ALGORITHMS[cls.name] = cls
+    ES_ALGORITHMS.register(cls.name, cls)
     return cls
 
 
 def get_es(name: str) -> type[SearchStrategy]:
-    try:
-        return ES_ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(f"unknown ES algorithm {name!r}; available: {', '.join(sorted(ES_ALGORITHMS))}") from None
+    """The registered ES class named ``name``; an unknown name is a ValueError listing the known ones."""
+    return ES_ALGORITHMS.get(name)
 
 
 def settings_fields(cls: type[SearchStrategy]) -> tuple[str, ...]:
@@ -219,13 +227,13 @@ def create_es(name: str, center: Tensor, seed: int, **settings: Any) -> SearchSt
 
 
 @dataclass(frozen=True)
-class ESSettings:
-    """OpenAI-ES hyperparameters (Salimans et al. 2017; defaults are cnnlab's, tuned on the digits CNN).
+class GradientESSettings:
+    """The settings of an ES whose mean follows a search-gradient estimate with an optimizer (OpenAI-ES, PGPE).
 
     Args:
         population (int, optional): candidates per generation (2K with antithetic sampling). Default: 32.
-        sigma (float, optional): standard deviation of the perturbations. Default: 0.05.
-        lr (float, optional): the optimizer's learning rate on the mean. Default: 0.01.
+        sigma (float, optional): (initial) standard deviation of the perturbations. Default: 0.05.
+        lr (float, optional): the optimizer's learning rate on the mean (ClipUp: its step size). Default: 0.01.
         optimizer (str, optional): ``adam``, ``sgd`` or ``clipup`` (Toklu et al. 2020). Default: ``adam``.
         momentum (float, optional): heavy-ball momentum of ``sgd`` and ``clipup``. Default: 0.9.
         max_speed (float, optional): ClipUp's velocity norm bound; None means ``2 * lr`` (the ClipUp
@@ -263,6 +271,15 @@ class ESSettings:
         return self.population // 2 if self.antithetic else self.population
 
 
+@dataclass(frozen=True)
+class ESSettings(GradientESSettings):
+    """OpenAI-ES hyperparameters (Salimans et al. 2017; defaults are cnnlab's, tuned on the digits CNN).
+
+    Args: those of :class:`GradientESSettings` (population 32, sigma 0.05, lr 0.01, optimizer ``adam``,
+    momentum 0.9, max_speed None, weight_decay 0, antithetic True, shaping ``centered_ranks``).
+    """
+
+
 def _check_optimizer(name: str, momentum: float, max_speed: Optional[float], weight_decay: float) -> None:
     if name not in ES_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {ES_OPTIMIZERS}, got {name!r}")
@@ -278,7 +295,7 @@ def shape_fitness(fitness: Tensor, shaping: str) -> Tensor:
 
 
 @register_es
-class EvolutionStrategy(SearchStrategy):
+class EvolutionStrategy(SearchStrategy[ESSettings]):
     """OpenAI-ES: a fixed isotropic Gaussian whose mean follows the search gradient with an optimizer.
 
     Args:

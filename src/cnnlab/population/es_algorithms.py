@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from cnnlab.population.es import (
-    SHAPINGS,
+    GradientESSettings,
+    S,
     SearchStrategy,
-    _check_optimizer,
     _float_vector,
     default_popsize,
     register_es,
@@ -25,13 +25,13 @@ from cnnlab.population.es import (
 from cnnlab.population.es_optim import make_es_optimizer
 
 
-class _DiagonalGaussian(SearchStrategy):
+class _DiagonalGaussian(SearchStrategy[S]):
     """A Gaussian N(center, diag(stdev^2)) starting at (center, sigma); its state: center, stdev (+ ``_extra``)."""
 
-    def __init__(self, center: Tensor, settings: Any, seed: int, popsize: int):
+    def __init__(self, center: Tensor, settings: S, seed: int, popsize: int, sigma: float):
         super().__init__(center, settings, seed)
         self._center = _float_vector(center)
-        self._stdev = torch.full_like(self._center, settings.sigma)
+        self._stdev = torch.full_like(self._center, sigma)
         self._popsize = popsize
 
     @property
@@ -55,48 +55,30 @@ class _DiagonalGaussian(SearchStrategy):
 
 # ---------------------------------------------------------------------------------------------- PGPE
 @dataclass(frozen=True)
-class PGPESettings:
+class PGPESettings(GradientESSettings):
     """PGPE hyperparameters (Sehnke et al. 2010, with the ClipUp paper's and EvoTorch's defaults).
 
     Args:
-        population (int, optional): candidates per generation (2K with symmetric sampling). Default: 32.
-        sigma (float, optional): initial standard deviation of every parameter. Default: 0.05.
-        lr (float, optional): the center optimizer's learning rate (ClipUp: its step size). Default: 0.01.
+        population, sigma, lr, momentum, max_speed, weight_decay, antithetic, shaping: as in
+            :class:`~cnnlab.population.es.GradientESSettings` (population 32, sigma 0.05, lr 0.01, antithetic:
+            symmetric sampling, Sehnke et al.'s SyS; shaping ``none`` means raw fitness minus its mean).
         optimizer (str, optional): ``clipup`` (EvoTorch's default for PGPE), ``adam`` or ``sgd``.
             Default: ``clipup``.
-        momentum (float, optional): momentum of ``clipup`` and ``sgd``. Default: 0.9.
-        max_speed (float, optional): ClipUp's velocity bound; None means ``2 * lr``. Default: None.
-        weight_decay (float, optional): L2 penalty on the center. Default: 0.
-        antithetic (bool, optional): symmetric sampling (mirrored pairs, Sehnke et al.'s SyS). Default: True.
-        shaping (str, optional): ``centered_ranks`` or ``none`` (raw fitness minus its mean). Default:
-            ``centered_ranks``.
         stdev_lr (float, optional): learning rate of the standard deviations. Default: 0.1.
         stdev_max_change (float, optional): largest relative change of a standard deviation per
             generation (0.2: at most 20%); None for no bound. Default: 0.2.
         stdev_min (float, optional): floor of the standard deviations. Default: 1e-12.
     """
 
-    population: int = 32
-    sigma: float = 0.05
-    lr: float = 0.01
     optimizer: str = "clipup"
-    momentum: float = 0.9
-    max_speed: Optional[float] = None
-    weight_decay: float = 0.0
-    antithetic: bool = True
-    shaping: str = "centered_ranks"
     stdev_lr: float = 0.1
     stdev_max_change: Optional[float] = 0.2
     stdev_min: float = 1e-12
 
     def __post_init__(self) -> None:
-        if self.population < 2 or (self.antithetic and self.population % 2):
-            raise ValueError(f"population must be >= 2 and even with antithetic sampling, got {self.population}")
-        if self.sigma <= 0 or self.lr <= 0 or self.stdev_lr < 0:
-            raise ValueError("sigma and lr must be > 0 and stdev_lr >= 0")
-        _check_optimizer(self.optimizer, self.momentum, self.max_speed, self.weight_decay)
-        if self.shaping not in SHAPINGS:
-            raise ValueError(f"shaping must be one of {SHAPINGS}, got {self.shaping!r}")
+        super().__post_init__()
+        if self.stdev_lr < 0:
+            raise ValueError(f"stdev_lr must be >= 0, got {self.stdev_lr}")
         if self.stdev_max_change is not None and not 0 < self.stdev_max_change < 1:
             raise ValueError(f"stdev_max_change must be in (0, 1) or None, got {self.stdev_max_change}")
         if self.stdev_min <= 0:
@@ -104,7 +86,7 @@ class PGPESettings:
 
 
 @register_es
-class PGPE(_DiagonalGaussian):
+class PGPE(_DiagonalGaussian[PGPESettings]):
     """PGPE: a diagonal Gaussian whose center and per-parameter stdev follow the search gradient.
 
     With symmetric pairs ``c +- s*eps_k`` and utilities u (shaped fitness) the estimates are
@@ -122,7 +104,7 @@ class PGPE(_DiagonalGaussian):
     Settings = PGPESettings
 
     def __init__(self, center: Tensor, settings: PGPESettings, seed: int):
-        super().__init__(center, settings, seed, settings.population)
+        super().__init__(center, settings, seed, settings.population, settings.sigma)
         self.optimizer = make_es_optimizer(settings.optimizer, settings.lr, momentum=settings.momentum,
                                            max_speed=settings.max_speed, weight_decay=settings.weight_decay)
         self.opt_state = self.optimizer.init_state({"mean": self._center})
@@ -210,7 +192,7 @@ class SNESSettings:
 
 
 @register_es
-class SNES(_DiagonalGaussian):
+class SNES(_DiagonalGaussian[SNESSettings]):
     """Separable NES: x_k = c + s * z_k, utilities u (NES ranks), then
 
         c <- c + center_lr * s * sum_k u_k z_k;     s <- s * exp(stdev_lr / 2 * sum_k u_k (z_k^2 - 1))
@@ -223,7 +205,7 @@ class SNES(_DiagonalGaussian):
 
     def __init__(self, center: Tensor, settings: SNESSettings, seed: int):
         n = center.numel()
-        super().__init__(center, settings, seed, settings.population or default_popsize(n))
+        super().__init__(center, settings, seed, settings.population or default_popsize(n), settings.sigma)
         self.stdev_lr = settings.stdev_lr if settings.stdev_lr is not None else (3 + math.log(n)) / (5 * math.sqrt(n))
 
     def _sample(self, z: Tensor) -> Tensor:
@@ -272,7 +254,7 @@ class SepCMAESSettings:
 
 
 @register_es
-class SepCMAES(SearchStrategy):
+class SepCMAES(SearchStrategy[SepCMAESSettings]):
     """sep-CMA-ES: CMA-ES with a diagonal covariance C = diag(c), O(n) memory and time per candidate.
 
     lambda = 4 + floor(3 ln n), mu = floor(lambda / 2), w_i ∝ ln(mu + 1/2) - ln i (sum 1),
@@ -290,6 +272,11 @@ class SepCMAES(SearchStrategy):
         c     <- (1 - c_cov) c + c_cov / mu_cov (p_c^2 + (1 - h_s) c_c (2 - c_c) c)
                  + c_cov (1 - 1/mu_cov) sum_i w_i y_i^2
         sigma <- sigma exp(c_s / d_s (||p_s|| / E||N|| - 1))
+
+    These are the paper's rates. EvoTorch's ``CMAES(separable=True)`` defaults to pycma's instead (c_c ~
+    1/sqrt(n), separate c_1 and c_mu, active CMA); given c_c, c_1 = c_cov / mu_cov, c_mu = c_cov (1 - 1/mu_cov)
+    and ``active=False`` it follows this class to float rounding on the same noise (benchmarks/es_peers.py
+    ``--lockstep``).
 
     Args: ``center`` (Tensor (P,)), ``settings`` (:class:`SepCMAESSettings`), ``seed`` (int).
     """

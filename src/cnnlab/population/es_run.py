@@ -20,9 +20,9 @@ metrics.jsonl, fitness.png, model.pt (the final mean as a state_dict) and result
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import asdict
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnlab.data import ImageDataset
-from cnnlab.engine.config import ConfigError, RunConfig, config_diff
+from cnnlab.engine.config import ConfigError, RunConfig
 from cnnlab.engine.setup import build_run, resolve_device
 from cnnlab.engine.trainer import versions
 from cnnlab.population.bn import recalibrate_bn
 from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig, ESSection
 from cnnlab.population.es import get_es
-from cnnlab.population.es_workers import BatchFitness, make_pool
+from cnnlab.population.es_workers import BatchFitness, FitnessPool, make_pool
 from cnnlab.population.plots import plot_es_fitness
 from cnnlab.population.progress import ProgressBar
 from cnnlab.population.stack import ParamLayout, meta_skeleton
+from cnnlab.utils.configdiff import config_diff, mismatch_message
 from cnnlab.utils.io import append_jsonl, save_torch_atomic, to_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 from cnnlab.utils.seeding import derive_seed
+from cnnlab.utils.tagged import load_tagged
 
 CHECKPOINT_FORMAT = "cnnlab-es-v1"
 
@@ -149,19 +151,14 @@ class ESRun:
     def restore(self) -> None:
         path = self._checkpoint_path()
         assert path is not None
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        ckpt = load_tagged(path, CHECKPOINT_FORMAT, what="checkpoint", map_location=self.device)
         saved = ckpt["config"]
-        defaults = ESSection().model_dump(mode="json")  # keys added since the checkpoint was written: their defaults
+        defaults = ESSection.model_validate({}).model_dump(mode="json")  # keys added since the checkpoint: their defaults
         saved = {**saved, "es": {**{k: v for k, v in defaults.items() if k not in saved.get("es", {})}, **saved.get("es", {})}}
-        diff = [k for k, _, _ in config_diff(saved, self.config.to_dict()) if k not in ES_RESUMABLE_CHANGES]
+        diff = config_diff(saved, self.config.to_dict(), ignore=ES_RESUMABLE_CHANGES)
         if diff:
-            raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(diff)} "
-                              f"(only {', '.join(ES_RESUMABLE_CHANGES)} may change)")
+            raise ConfigError(mismatch_message("resume", self.run_dir, diff,
+                                               hint=f"Only {', '.join(ES_RESUMABLE_CHANGES)} may change"))
         self.strategy.load_state_dict(ckpt["es"])
         self.history = ckpt["history"]
         self.elapsed = float(ckpt["elapsed"])
@@ -171,7 +168,7 @@ class ESRun:
             on_generation: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         es = self.config.es
         if self.run_dir is not None:
-            ckpt = self._checkpoint_path()
+            ckpt = self.run_dir / "checkpoints" / "last.pt"
             if not resume and (ckpt.exists() or (self.run_dir / "result.json").exists()):
                 raise FileExistsError(f"run directory {self.run_dir} already holds an ES run; use --resume to continue it or pick another --out")
             if resume:
@@ -184,28 +181,13 @@ class ESRun:
         start = self.strategy.generation
         if start > es.generations:
             raise ConfigError(f"es.generations: the checkpoint is at generation {start}, beyond the {es.generations} asked for")
-        pool = make_pool(self.batch_fitness, workers=es.workers, executor=es.executor, threads=es.threads or 1,
-                         address=es.address) if start < es.generations else None
-        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar, (pool or _Nothing()):
+        with ProgressBar(progress, f"ES {self.config.model.name}", es.generations) as bar:
             bar.advance(start)
-            for g in range(start, es.generations):
-                t0 = time.perf_counter()
-                candidates = self.strategy.ask()  # the mean is scored alongside, on the same batch (its curve)
-                f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
-                record: dict[str, Any] = self.strategy.tell(f[:-1])
-                record["mean_fitness"] = float(f[-1])
-                if (g + 1) % es.eval_every == 0 or g + 1 == es.generations:
-                    record.update(self.evaluate_mean())
-                record["time_s"] = time.perf_counter() - t0
-                self.elapsed += record["time_s"]
-                self.history.append(record)
-                if self.run_dir is not None:
-                    append_jsonl(self.run_dir / "metrics.jsonl", record)
-                    if (g + 1) % es.checkpoint_every == 0 or g + 1 == es.generations:
-                        self.save_checkpoint()
-                bar.advance(1, f"fitness {record['fitness_mean']:.4f} (best {record['fitness_max']:.4f}, mean {record['mean_fitness']:.4f})")
-                if on_generation is not None:
-                    on_generation(record)
+            if start < es.generations:
+                with make_pool(self.batch_fitness, workers=es.workers, executor=es.executor, threads=es.threads or 1,
+                               address=es.address) as pool:
+                    for g in range(start, es.generations):
+                        self._generation(g, pool, bar, on_generation)
         result = self._result()
         if self.run_dir is not None:
             params, buffers = self.mean_state()
@@ -217,6 +199,28 @@ class ESRun:
                             "accuracy" if es.fitness == "accuracy" else "negative loss")
             write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+    def _generation(self, g: int, pool: FitnessPool, bar: ProgressBar,
+                    on_generation: Callable[[dict[str, Any]], None] | None) -> None:
+        """Generation ``g``: ask, score (the mean alongside, on the same batch: its curve), tell, record."""
+        es = self.config.es
+        t0 = time.perf_counter()
+        candidates = self.strategy.ask()
+        f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
+        record: dict[str, Any] = self.strategy.tell(f[:-1])
+        record["mean_fitness"] = float(f[-1])
+        if (g + 1) % es.eval_every == 0 or g + 1 == es.generations:
+            record.update(self.evaluate_mean())
+        record["time_s"] = time.perf_counter() - t0
+        self.elapsed += record["time_s"]
+        self.history.append(record)
+        if self.run_dir is not None:
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            if (g + 1) % es.checkpoint_every == 0 or g + 1 == es.generations:
+                self.save_checkpoint()
+        bar.advance(1, f"fitness {record['fitness_mean']:.4f} (best {record['fitness_max']:.4f}, mean {record['mean_fitness']:.4f})")
+        if on_generation is not None:
+            on_generation(record)
 
     def _result(self) -> dict[str, Any]:
         tested = [h for h in self.history if "test_acc" in h]
@@ -243,14 +247,6 @@ class ESRun:
             "device": str(self.device),
             "versions": versions(),
         }
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_es(config: ESRunConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True,

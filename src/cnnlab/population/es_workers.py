@@ -13,15 +13,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from cnnlab.data.batches import BatchLoader
 from cnnlab.population.bn import bn_batch_statistics
+from cnnlab.population.procs import shards
 from cnnlab.population.stack import ParamLayout, stacked_forward
+from cnnlab.utils.registry import Registry
 
 
 @dataclass
@@ -37,7 +40,7 @@ class BatchFitness:
     skeleton: nn.Module
     layout: ParamLayout
     shared: dict[str, Tensor]
-    loader: object  # cnnlab.data.batches.BatchLoader
+    loader: BatchLoader
     kind: str = "neg_loss"
     chunk: Optional[int] = None
     backend: str = "vmap"
@@ -67,33 +70,25 @@ class BatchFitness:
         return self.on_batch(candidates.to(x.device), x, y)
 
 
-def shards(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous (start, stop) ranges covering 0..n, sizes differing by at most one, none empty."""
-    parts = max(1, min(parts, n))
-    k, r = divmod(n, parts)
-    out, s = [], 0
-    for p in range(parts):
-        e = s + k + (1 if p < r else 0)
-        out.append((s, e))
-        s = e
-    return out
-
-
 class FitnessPool(ABC):
-    """Evaluates candidate rows of a generation; ``close()`` releases the workers."""
+    """Evaluates candidate rows of a generation; ``close()`` releases the workers.
+
+    Subclasses must implement ``__call__(candidates (n, P), generation) -> fitness (n,)`` (the values in
+    row order, equal to :class:`BatchFitness` on all rows at once) and ``close()``.
+    """
 
     name = ""
 
     @abstractmethod
     def __call__(self, candidates: Tensor, generation: int) -> Tensor: ...
 
-    def close(self) -> None:
-        pass
+    @abstractmethod
+    def close(self) -> None: ...
 
-    def __enter__(self):
+    def __enter__(self) -> "FitnessPool":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -105,6 +100,9 @@ class InProcess(FitnessPool):
 
     def __call__(self, candidates, generation):
         return self.fitness(candidates, generation)
+
+    def close(self) -> None:
+        return None  # nothing was started
 
 
 _WORKER_FITNESS: Optional[BatchFitness] = None
@@ -178,7 +176,7 @@ class RayActors(FitnessPool):
         remote = ray.remote(num_cpus=num_cpus)(_Actor)
         ref = ray.put(fitness)
         self.workers = workers
-        self.actors = [remote.remote(ref, threads) for _ in range(workers)]
+        self.actors: list[Any] = [remote.remote(ref, threads) for _ in range(workers)]
 
     def __call__(self, candidates, generation):
         parts = shards(candidates.shape[0], self.workers)
@@ -194,13 +192,25 @@ class RayActors(FitnessPool):
             self.started = False
 
 
+FITNESS_EXECUTORS: Registry[Callable[..., FitnessPool]] = Registry(
+    "ES fitness executor", error=ValueError, hint="Set es.executor to one of them.")
+
+
+@FITNESS_EXECUTORS.register("local")
+def _local_pool(fitness: BatchFitness, workers: int, threads: int, address: Optional[str]) -> FitnessPool:
+    """One worker: this process; more: forked (one thread each) or spawned worker processes (``address`` unused)."""
+    return InProcess(fitness) if workers <= 1 else LocalProcesses(fitness, workers, threads)
+
+
+@FITNESS_EXECUTORS.register("ray")
+def _ray_pool(fitness: BatchFitness, workers: int, threads: int, address: Optional[str]) -> FitnessPool:
+    """``workers`` Ray actors on the cluster at ``address`` (None: a local Ray started by cnnlab.utils.ray_session)."""
+    return RayActors(fitness, workers, threads, address=address)
+
+
 def make_pool(fitness: BatchFitness, *, workers: int = 1, executor: str = "local", threads: int = 1,
               address: Optional[str] = None) -> FitnessPool:
-    """``workers == 1``: in this process; else ``local`` processes or ``ray`` actors."""
-    if executor not in ("local", "ray"):
-        raise ValueError(f"executor must be local or ray, got {executor!r}")
-    if executor == "ray":
-        return RayActors(fitness, workers, threads, address=address)
-    if workers <= 1:
-        return InProcess(fitness)
-    return LocalProcesses(fitness, workers, threads)
+    """The pool of the executor named ``executor`` in :data:`FITNESS_EXECUTORS` (``local``: this process for
+    one worker, else worker processes; ``ray``: Ray actors); register another with
+    ``@FITNESS_EXECUTORS.register("name")`` on a ``(fitness, workers, threads, address) -> FitnessPool``."""
+    return FITNESS_EXECUTORS.get(executor)(fitness, workers, threads, address)

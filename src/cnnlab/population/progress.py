@@ -1,38 +1,41 @@
-"""A rich progress bar for population runs that is a no-op when disabled or not on a terminal."""
+"""Progress of population runs: :class:`cnnlab.utils.progress.ProgressLog` plus the latest statistics.
+
+A rich bar on a terminal; periodic plain ``k/N, ETA`` lines otherwise (cluster logs, nohup, CI), each
+ending with the statistics of the last update (e.g. an ES generation's fitness).
+"""
 
 from __future__ import annotations
 
-import sys
+from typing import Any, Optional
+
+from cnnlab.utils.progress import ProgressLog
 
 
-class ProgressBar:
-    """``advance(n, stats="")`` moves the bar by n units (member-steps or generations)."""
+class ProgressBar(ProgressLog):
+    """``advance(n, stats="")`` moves the progress by n units (member-steps or generations).
+
+    Args:
+        enabled (bool): False for no output at all.
+        description (str): what is counted, e.g. ``"4 members"``.
+        total (int): the units of the whole run.
+    """
 
     def __init__(self, enabled: bool, description: str, total: int):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.description, self.total = description, total
-        self._p = None
-        self._task = None
+        super().__init__(description, total, mode="auto" if enabled else "off")
+        self.stats = ""
 
     def __enter__(self) -> "ProgressBar":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                               console=Console(stderr=True))
-            self._p.__enter__()
-            self._task = self._p.add_task(self.description, total=self.total, stats="")
+        super().__enter__()
         return self
 
-    def advance(self, n: int = 1, stats: str | None = None) -> None:
-        if self._p is not None:
-            if stats is None:
-                self._p.update(self._task, advance=n)
-            else:
-                self._p.update(self._task, advance=n, stats=stats)
+    def advance(self, n: int = 1, stats: Optional[str] = None) -> None:
+        if stats is not None:
+            self.stats = stats
+            bar: Any = self._bar
+            if bar is not None:
+                bar.update(self._task, description=f"{self.description}  {stats}")
+        super().advance(n)
 
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+    def line(self) -> str:
+        text = super().line()
+        return f"{text}, {self.stats}" if self.stats else text

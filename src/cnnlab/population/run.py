@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from cnnlab.data import ImageDataset
 from cnnlab.data.batches import BatchLoader
-from cnnlab.engine.config import ConfigError, RunConfig, config_diff
+from cnnlab.engine.config import ConfigError, RunConfig
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run
 from cnnlab.engine.trainer import versions
 from cnnlab.models import create_deterministic_model
@@ -29,9 +29,11 @@ from cnnlab.population.progress import ProgressBar
 from cnnlab.population.stack import Population
 from cnnlab.population.state import PopulationState
 from cnnlab.population.train import EvalSet, PopulationResult, train_population
+from cnnlab.utils.configdiff import config_diff, mismatch_message
 from cnnlab.utils.io import (load_yaml_text, save_torch_atomic, to_json, write_json_atomic, write_text_atomic,
                              write_yaml_atomic)
 from cnnlab.utils.seeding import derive_seed, make_generator
+from cnnlab.utils.tagged import load_tagged
 
 STATE_FORMAT = "cnnlab-population-v1"
 
@@ -54,7 +56,7 @@ def member_models(config: PopulationRunConfig, parts: RunParts) -> list[nn.Modul
                     p.copy_(frozen[n])
         m = m.to(parts.device)
         if config.train.channels_last:
-            m = m.to(memory_format=torch.channels_last)
+            m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to's stubs lack memory_format
         out.append(m)
     return out
 
@@ -141,10 +143,9 @@ def _check_run_dir(config: PopulationRunConfig, run_dir: Path, resume: bool) -> 
         return
     if (run_dir / "config.yaml").is_file():
         saved = load_yaml_text((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        now = config.model_dump(mode="json")
-        if saved != now:
-            diff = [f"{k} ({a!r} -> {b!r})" for k, a, b in config_diff(saved, now)]
-            raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one at {', '.join(diff)}")
+        diff = config_diff(saved, config.model_dump(mode="json"))
+        if diff:
+            raise ConfigError(mismatch_message("resume", run_dir, diff))
 
 
 def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult, base_lr: float,
@@ -153,7 +154,7 @@ def _result(config: PopulationRunConfig, parts: RunParts, res: PopulationResult,
     final = res.final
     acc = final.get("test_acc", [math.nan] * pc.size)
     diverged = _diverged_members(res, pc.size)
-    members = []
+    members: list[dict[str, Any]] = []
     for i in range(pc.size):
         members.append({
             "index": i,
@@ -209,12 +210,7 @@ def load_population(run_dir: str | Path, device: str = "cpu") -> tuple[Populatio
     path = run_dir / "members.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished population run (no members.pt)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a {STATE_FORMAT} file")
+    ckpt = load_tagged(path, STATE_FORMAT, what="population state", map_location=device)
     config = build(PopulationRunConfig, ckpt["config"])
     with torch.device("meta"):
         model = create_model(config.model.name, num_classes=int(ckpt["num_classes"]), in_channels=int(ckpt["in_channels"]),

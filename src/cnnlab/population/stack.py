@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -269,7 +269,7 @@ def _is_meta(model: nn.Module) -> bool:
     return bool(tensors) and all(t.is_meta for t in tensors)
 
 
-def _check_same(i: int, kind: str, ref: dict[str, Tensor], got: dict[str, Tensor]) -> None:
+def _check_same(i: int, kind: str, ref: Mapping[str, Tensor], got: Mapping[str, Tensor]) -> None:
     if list(ref) != list(got):
         missing = [n for n in ref if n not in got]
         extra = [n for n in got if n not in ref]
