@@ -137,11 +137,12 @@ def _responds(*cmd: str) -> bool:
 
 
 def slurm_ready() -> bool:
-    """A Slurm controller answers and has an idle or mixed node."""
+    """A Slurm controller answers and has a node that is up (idle, or busy with another test's job: the
+    array then queues behind it)."""
     if not _responds("sinfo", "-h", "-o", "%t"):
         return False
     states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout.split()
-    return any(s.rstrip("*") in ("idle", "mix") for s in states)
+    return any(s.rstrip("*") in ("idle", "mix", "alloc", "comp") for s in states)
 
 
 def sge_ready() -> bool:
