@@ -77,6 +77,22 @@ def set_option(what: str = "key=value setting (repeatable), e.g. --set train.epo
     return typer.Option(None, "--set", help=what[:1].upper() + what[1:] + ".")
 
 
+def run_out_option() -> Any:
+    """``--out DIR``, the run directory of the commands that train one (train, magic, population train|es)."""
+    return typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>).")
+
+
+def resume_option() -> Any:
+    """``--resume``: continue the run in ``--out`` (checked by :func:`check_out`)."""
+    return typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+
+
+def progress_option() -> Any:
+    """``--progress/--no-progress``: a bar on a terminal, plain lines in a log, or nothing."""
+    return typer.Option(True, "--progress/--no-progress",
+                        help="Show a progress bar (plain lines when stderr is not a terminal).")
+
+
 def mlflow_option(where: str) -> Any:
     """The ``--mlflow [URI]`` option (bare or with a URI: CnnlabCommand parses it)."""
     return typer.Option(None, "--mlflow", metavar="[URI]",

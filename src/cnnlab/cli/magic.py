@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, set_option
+from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, progress_option, set_option
 from cnnlab.utils.console import console, err_console, print_json, print_table
 
 
@@ -30,7 +30,7 @@ def magic_cmd(
     plot_targets: int = typer.Option(4, "--plot-targets", help="Targets shown in plots/proponents.png (0: no plot)."),
     force: bool = typer.Option(False, "--force", help="Recompute scores even if the run dir already holds them."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable (JSON) summary."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    progress: bool = progress_option(),
     executor: Optional[str] = typer.Option(None, "--executor", help="Compute the scores in chunks of targets as tasks of "
                                            "local | sge | slurm | ray (resumable; merged into one scores file); "
                                            "sge/slurm submit a job array: run the same command again once it "

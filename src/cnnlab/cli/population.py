@@ -8,7 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, check_out, fail, log_to_mlflow, mlflow_option, set_option
+from cnnlab.cli.common import (
+    check_mlflow, check_out, fail, log_to_mlflow, mlflow_option, progress_option, resume_option,
+    run_out_option, set_option,
+)
 from cnnlab.utils.console import console, print_json, print_table
 
 app = typer.Typer(help="Populations: many models trained at once (vmap / loop / processes), evolution strategies.",
@@ -23,10 +26,10 @@ def _run_dir(out: Optional[Path], name: str) -> Path:
 def train_cmd(
     config: Path = typer.Argument(..., help="YAML population config (a run config plus a `population` section)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. population.size=8 train.epochs=3"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
+    out: Optional[Path] = run_out_option(),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of tables."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    progress: bool = progress_option(),
+    resume: bool = resume_option(),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:
@@ -73,10 +76,10 @@ def es_cmd(
     config: Path = typer.Argument(..., help="YAML ES config (model, data and an `es` section)."),
     overrides: Optional[List[str]] = typer.Argument(
         None, help="key=value overrides, e.g. es.algorithm=snes es.generations=50 es.sigma=0.02 es.workers=2"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    out: Optional[Path] = run_out_option(),
+    resume: bool = resume_option(),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    progress: bool = progress_option(),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:

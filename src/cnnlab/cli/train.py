@@ -9,17 +9,20 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, check_out, fail, mlflow_option, resolve_mlflow_uri, set_option
+from cnnlab.cli.common import (
+    check_mlflow, check_out, fail, mlflow_option, progress_option, resolve_mlflow_uri, resume_option,
+    run_out_option, set_option,
+)
 from cnnlab.utils.console import print_json, print_table
 
 
 def train_cmd(
     config: Optional[str] = typer.Argument(None, help="YAML run config (default: small CNN on digits)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.1 train.epochs=3"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    out: Optional[Path] = run_out_option(),
+    resume: bool = resume_option(),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout instead of a table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (plain lines when stderr is not a terminal)."),
+    progress: bool = progress_option(),
     mlflow: Optional[str] = mlflow_option("<parent of the run directory>"),
     set_: Optional[List[str]] = set_option("key=value override (repeatable; the same as a positional key=value)"),
 ) -> None:

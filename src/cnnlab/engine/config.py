@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnnlab.utils.configdiff import config_diff  # noqa: F401 - re-exported
 from cnnlab.utils.devices import check_device_name
@@ -15,6 +15,10 @@ from cnnlab.utils.io import load_yaml_text
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
+"""A device a config may name: auto, cpu, cuda, cuda:N or mps (checked when the config is read)."""
 
 
 class ConfigError(ValueError):
@@ -181,7 +185,7 @@ class TrainConfig(_Strict):
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution algorithms (CUDA; not bitwise reproducible)")
     ema: Optional[EmaConfig] = None
     tta_flip: bool = False
-    device: str = "auto"
+    device: DeviceName = "auto"
     threads: Optional[int] = Field(default=None, ge=1)
     deterministic: bool = False
     bn_stats: Literal["native", "explicit"] = Field(
@@ -190,10 +194,6 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resume checkpoints")
     log_every: int = Field(default=10, ge=1, description="steps between progress/divergence checks")
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device_name(v)
 
 
 class RunConfig(_Strict):

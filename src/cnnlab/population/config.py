@@ -14,13 +14,13 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cnnlab.engine.config import (
     DataConfig,
+    DeviceName,
     ModelConfig,
     RunConfig,
     StrictModel,
     load_yaml,
     validate_config,
 )
-from cnnlab.utils.devices import check_device_name
 
 
 _Strict = StrictModel
@@ -144,7 +144,7 @@ class ESSection(_Strict):
     eval_batch_size: int = Field(1000, ge=1)
     bn_calibration_batches: int = Field(10, ge=1, description="train batches to re-estimate BatchNorm statistics of the mean")
     checkpoint_every: int = Field(10, ge=1, description="generations between resume checkpoints")
-    device: str = "auto"
+    device: DeviceName = "auto"
     threads: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -179,10 +179,6 @@ class ESSection(_Strict):
         return [f"es.{k}" for k in ES_SHARED_SETTINGS
                 if k not in names and k in self.model_fields_set and getattr(self, k) is not None]
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device_name(v)
 
 
 class ESRunConfig(_Strict):
