@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 
 if TYPE_CHECKING:
+    from cnnlab.engine.config import RunConfig
     from cnnlab.engine.trainer import Trainer
 
 
@@ -270,3 +271,28 @@ class LRSchedulerCallback(Callback):
 
     def load_state_dict(self, state):
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def config_callbacks(config: "RunConfig") -> list[Callback]:
+    """The callbacks a RunConfig's ``callbacks`` section asks for: early stopping, checkpoints, loggers by name,
+    custom callbacks by import path, the curves plot."""
+    from cnnlab.engine.config import ConfigError
+    from cnnlab.engine.loggers import LOGGERS, CurvesPlot, custom_callback
+
+    out: list[Callback] = []
+    es = config.callbacks.early_stopping
+    if es is not None:
+        out.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.warmup_epochs))
+    ck = config.callbacks.checkpoint
+    if ck is not None:
+        out.append(ModelCheckpoint(monitor=ck.monitor, mode=ck.mode, save_top_k=ck.top_k))
+    for name in config.callbacks.loggers:
+        try:
+            out.append(LOGGERS[name]())
+        except ImportError as e:
+            raise ConfigError(f"callbacks.loggers: {e}") from None
+    out += [custom_callback(spec.class_path, spec.init_args, f"callbacks.custom[{i}]")
+            for i, spec in enumerate(config.callbacks.custom)]
+    if config.callbacks.curves:
+        out.append(CurvesPlot())
+    return out

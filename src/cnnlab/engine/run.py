@@ -13,7 +13,8 @@ from torch import nn
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig, build_config
 from cnnlab.engine.setup import RunParts, build_run
-from cnnlab.engine.trainer import Trainer, load_checkpoint, model_from_state
+from cnnlab.engine.checkpoint import checkpoint_weights, load_checkpoint, model_from_state
+from cnnlab.engine.trainer import Trainer
 from cnnlab.utils.io import load_yaml_text
 
 
@@ -71,11 +72,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "last", device: str | Non
         path = run_dir / result["best"]["checkpoint"]
     else:
         path = run_dir / "checkpoints" / ("last.pt" if checkpoint == "last" else checkpoint)
-    ckpt = load_checkpoint(path)
-    state = ckpt["state"]
-    params = ckpt["ema"] if ckpt.get("ema") is not None else state["params"]
-    model = model_from_state(parts.model, {k: v.to(parts.device) for k, v in params.items()},
-                             {k: v.to(parts.device) for k, v in state["buffers"].items()})
+    params, buffers = checkpoint_weights(load_checkpoint(path), parts.device)
+    model = model_from_state(parts.model, params, buffers)
     return LoadedRun(run_dir, model, parts.dataset, config, result, parts)
 
 

@@ -8,16 +8,20 @@ through it with ``create_graph=True``) and populations (vmapped or looped). Loss
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from cnnlab.engine.batchnorm import differentiable_bn_eval, explicit_bn_stats, recording_context, self_recording_bn, updated_buffers
 from cnnlab.engine.optim import FunctionalOptimizer, OptState, Params
+
+# the BatchNorm helpers live in cnnlab.engine.batchnorm; still importable from here
+__all__ = ["StepOutput", "StepSettings", "TrainState", "differentiable_bn_eval", "eval_logits", "explicit_bn_stats",
+           "forward_loss", "per_example_loss", "self_recording_bn", "train_step"]
 
 
 @dataclass
@@ -86,90 +90,6 @@ def per_example_loss(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) ->
     return F.cross_entropy(_upcast(logits), y, reduction="none", label_smoothing=label_smoothing)
 
 
-def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
-
-
-@contextlib.contextmanager
-def explicit_bn_stats(model: nn.Module, out: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
-    """Run BatchNorm layers on batch statistics without their in-place running-stat update, and record
-    each layer's (mean, unbiased var) in ``out`` so the caller can update running stats out of place
-    (differentiably, and vmap- and func.grad-safe)."""
-    bns = _batchnorms(model)
-    handles = []
-
-    def make_hook(name: str):
-        def hook(mod, inputs, output):
-            x = inputs[0]
-            dims = [0] + list(range(2, x.ndim))
-            var, mean = torch.var_mean(x, dim=dims, correction=1)
-            out[name] = (mean, var)
-
-        return hook
-
-    for n, m in bns.items():
-        m.track_running_stats = False
-        handles.append(m.register_forward_hook(make_hook(n)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-        for m in bns.values():
-            m.track_running_stats = True
-
-
-_SINK = "_cnnlab_bn_sink"  # attribute a self-recording BatchNorm layer writes its batch statistics to
-_SELF_RECORDING = "_cnnlab_bn_self_recording"
-
-
-def _self_recording_bn_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor, *, name: str) -> Tensor:
-    sink = getattr(self, _SINK, None)
-    if sink is None or not self.training:
-        return type(self).forward(self, x)
-    dims = [0] + list(range(2, x.ndim))
-    var, mean = torch.var_mean(x, dim=dims, correction=1)
-    sink[name] = (mean, var)
-    return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-
-
-def self_recording_bn(model: nn.Module) -> nn.Module:
-    """Let ``model``'s BatchNorm layers report their batch statistics themselves in explicit mode.
-
-    Same arithmetic as :func:`explicit_bn_stats`, but with no hooks registered per step, which
-    torch.compile cannot trace. Changes ``model`` in place (give it a private copy) and returns it.
-    """
-    for name, m in _batchnorms(model).items():
-        m.forward = functools.partial(_self_recording_bn_forward, m, name=name)  # type: ignore[method-assign]
-    setattr(model, _SELF_RECORDING, True)
-    return model
-
-
-@contextlib.contextmanager
-def _bn_sinks(model: nn.Module, out: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
-    bns = _batchnorms(model).values()
-    for m in bns:
-        setattr(m, _SINK, out)
-    try:
-        yield
-    finally:
-        for m in bns:
-            delattr(m, _SINK)
-
-
-def _updated_buffers(model: nn.Module, buffers: dict[str, Tensor], stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-    new = dict(buffers)
-    bns = _batchnorms(model)
-    for n, (mean, var) in stats.items():
-        m = bns[n]
-        count = buffers[f"{n}.num_batches_tracked"] + 1
-        mom = m.momentum if m.momentum is not None else 1.0 / count.item()
-        new[f"{n}.running_mean"] = (1 - mom) * buffers[f"{n}.running_mean"] + mom * mean.to(buffers[f"{n}.running_mean"].dtype)
-        new[f"{n}.running_var"] = (1 - mom) * buffers[f"{n}.running_var"] + mom * var.to(buffers[f"{n}.running_var"].dtype)
-        new[f"{n}.num_batches_tracked"] = count
-    return new
-
-
 def forward_loss(
     model: nn.Module,
     params: Params,
@@ -186,7 +106,7 @@ def forward_loss(
     if not explicit:
         ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
     else:
-        ctx = _bn_sinks(model, stats) if getattr(model, _SELF_RECORDING, False) else explicit_bn_stats(model, stats)
+        ctx = recording_context(model, stats)
     amp = (
         torch.autocast(device_type=x.device.type, dtype=settings.autocast_dtype)
         if settings.autocast_dtype is not None
@@ -198,7 +118,7 @@ def forward_loss(
         loss = (w * per_example_loss(logits, y, settings.label_smoothing)).sum() / denominator
     else:  # a batch-mean loss, rescaled so micro-batches and data-parallel shards sum to the global mean
         loss = settings.criterion(_upcast(logits), y) * (x.shape[0] / denominator)
-    new_buffers = _updated_buffers(model, buffers, stats) if explicit else buffers
+    new_buffers = updated_buffers(model, buffers, stats) if explicit else buffers
     return loss, (logits, new_buffers)
 
 
@@ -247,7 +167,7 @@ def train_step(
 
     for xm, ym, wm in micro:
         if differentiation == "func":
-            def f(p, b):
+            def f(p, b, xm=xm, ym=ym, wm=wm):  # defaults bind this micro-batch
                 loss, aux = forward_loss(model, p, b, xm, ym, wm, denom, settings)
                 return (loss * scale if scale is not None else loss), (loss, aux)
 
@@ -306,28 +226,6 @@ def _apply_loss_scaling(old: TrainState, new: TrainState, finite: bool, growth_i
     good = old.good_steps + 1
     scale = new.loss_scale * 2.0 if good >= growth_interval else new.loss_scale
     return TrainState(new.params, new.buffers, new.opt_state, new.step, scale, 0 if good >= growth_interval else good)
-
-
-def _bn_eval_formula(m: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (x - m.running_mean.reshape(shape)) * torch.rsqrt(m.running_var + m.eps).reshape(shape)
-    if m.affine:
-        y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
-    return y
-
-
-@contextlib.contextmanager
-def differentiable_bn_eval(model: nn.Module) -> Iterator[None]:
-    """Eval-mode BatchNorm as an explicit formula, differentiable w.r.t. the running statistics
-    (torch's native kernel is not), so a measurement can see how training moved them."""
-    bns = list(_batchnorms(model).values())
-    for m in bns:
-        m.forward = (lambda x, m=m: _bn_eval_formula(m, x))  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for m in bns:
-            del m.forward
 
 
 def eval_logits(model: nn.Module, params: Params, buffers: dict[str, Tensor], x: Tensor, frozen: dict[str, Tensor] | None = None,

@@ -8,33 +8,32 @@ checkpoint reproduces the uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import resource
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnlab import __version__
 from cnnlab.engine import distributed as dist_utils
-from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, _monitored
-from cnnlab.engine.config import ConfigError, RunConfig, TrainConfig, config_diff
-from cnnlab.engine.rundir import check_same_run
+from cnnlab.engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, _monitored, config_callbacks
+from cnnlab.engine.checkpoint import (CHECKPOINT_FORMAT, checkpoint_weights, load_checkpoint, model_from_state,
+                                      restore_callbacks, save_checkpoint, to_device)
+from cnnlab.engine.config import ConfigError, RunConfig, config_diff
 from cnnlab.engine.metrics import EvalAccumulator, confusion_matrix, macro_prf
-from cnnlab.engine.optim import from_torch_optimizer, load_torch_optimizer_state, sync_torch_optimizer
+from cnnlab.engine.optim import sync_torch_optimizer
+from cnnlab.engine.progress import EpochProgress
+from cnnlab.engine.rundir import check_same_run
 from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_device, resolve_precision, seeds
-from cnnlab.engine.step import StepSettings, TrainState, eval_logits, train_step
-from cnnlab.engine.userdata import eval_source, train_source
-from cnnlab.utils.seeding import derive_seed
-from cnnlab.utils.io import append_jsonl, ensure_contained, save_torch_atomic, write_json_atomic, write_text_atomic, write_yaml_atomic
+from cnnlab.engine.step import TrainState, eval_logits, train_step
+from cnnlab.engine.userrun import build_user_run
+from cnnlab.engine.versions import versions
+from cnnlab.utils.io import append_jsonl, ensure_contained, write_json_atomic, write_text_atomic, write_yaml_atomic
 
-CHECKPOINT_FORMAT = "cnnlab-checkpoint-v1"
+# moved to their own modules; still importable from here
+__all__ = ["CHECKPOINT_FORMAT", "Trainer", "TrainingDiverged", "load_checkpoint", "model_from_state",
+           "versions"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,11 +104,14 @@ class Trainer:
             self.state: TrainState = self.parts.initial_state()
             self._num_classes: int | None = self.parts.dataset.num_classes
         else:
-            self._build_user(model, device, criterion, optimizer, train_loader, val_loader, test_loader, use_amp,
-                             gradient_accumulation_steps, gradient_clip_norm, epochs, batch_size, seed, channels_last)
+            user = build_user_run(model, device, criterion, optimizer, train_loader, val_loader, test_loader, use_amp,
+                                  gradient_accumulation_steps, gradient_clip_norm, epochs, batch_size, seed, channels_last)
+            self.config, self.dist, self.state, self.parts = user.config, user.dist, user.state, user.parts
+            self._sources, self._criterion, self._targets = user.sources, user.criterion, user.targets
+            self._num_classes = None
         self.model = self.parts.model
         self.precision, self.precision_reason = resolve_precision(self.config.train.precision, self.parts.device)
-        self.callbacks: list[Callback] = list(callbacks) + _config_callbacks(self.config)
+        self.callbacks: list[Callback] = list(callbacks) + config_callbacks(self.config)
         self.progress = progress
         self.ema: dict[str, Tensor] | None = None
         self.history: list[dict[str, Any]] = []
@@ -118,55 +120,6 @@ class Trainer:
         self._elapsed = 0.0
         self.test_confusion: list[list[int]] | None = None
         self.extended_from: int | None = None
-
-    def _build_user(self, model, device, criterion, optimizer, train_loader, val_loader, test_loader, use_amp,
-                    accumulate, clip, epochs, batch_size, seed, channels_last) -> None:
-        if model is None or optimizer is None or train_loader is None:
-            missing = [n for n, v in (("model", model), ("optimizer", optimizer), ("train_loader", train_loader)) if v is None]
-            raise TypeError(f"Trainer needs a RunConfig, or model=, optimizer= and train_loader= (missing: {', '.join(missing)})")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if criterion is not None and getattr(criterion, "reduction", "mean") != "mean":
-            raise ValueError(f"criterion must return the batch mean (reduction='mean'), got reduction={criterion.reduction!r}")
-        dev = torch.device(device) if device is not None else resolve_device("auto")
-        self.dist = dist_utils.DistInfo()
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            # the step differentiates functionally, which DDP's autograd hooks never see: unwrap it and all-reduce
-            # the gradients explicitly (each rank's train_loader holds its shard, e.g. a DistributedSampler)
-            model = model.module
-            self.dist = dist_utils.DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                                            int(os.environ.get("LOCAL_RANK", "0")))
-        elif isinstance(model, nn.DataParallel):
-            if len(model.device_ids or []) > 1:
-                warnings.warn("DataParallel over several GPUs is not replicated by the functional step: the Trainer "
-                              "runs the wrapped module on one device; use torchrun + DistributedDataParallel instead",
-                              UserWarning, stacklevel=3)
-            model = model.module
-        self.config = RunConfig(name=type(model).__name__, seed=seed, train=TrainConfig(
-            epochs=epochs, batch_size=batch_size, grad_clip=clip, precision="auto" if use_amp else "fp32",
-            channels_last=channels_last, accumulate_batches=accumulate, device=str(dev)))
-        model.to(dev)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        functional, names = from_torch_optimizer(optimizer, named)
-        params = {n: named[n].detach() for n in names}  # shares storage with the model until the first update
-        precision, _ = resolve_precision(self.config.train.precision, dev)
-        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        settings = StepSettings(optimizer=functional, grad_clip=clip, autocast_dtype=amp, criterion=criterion,
-                                frozen={n: p.detach() for n, p in model.named_parameters() if n not in params})
-        opt_state = functional.init_state(params)
-        step0 = load_torch_optimizer_state(optimizer, functional, named, opt_state)
-        scale = torch.tensor(2.0**16, device=dev) if amp == torch.float16 else None
-        self.state = TrainState(params, {n: b.detach() for n, b in model.named_buffers()}, opt_state, step0, scale)
-        loader = train_source(train_loader, batch_size=batch_size, seed=derive_seed(seed, "data"), device=dev, channels_last=channels_last)
-        for split, data in (("val", val_loader), ("test", test_loader)):
-            if data is not None:
-                self._sources[split] = eval_source(data, batch_size=self.config.train.eval_batch_size, device=dev, channels_last=channels_last)
-        self._num_classes = None
-        self._criterion = criterion
-        self._targets = named
-        self.parts = RunParts(self.config, dev, None, model, None, loader, settings, _OptimizerRate(optimizer), 0)
 
     @property
     def is_main(self) -> bool:
@@ -191,17 +144,8 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Path, epoch: int) -> None:
         """Everything needed to resume; loads with ``torch.load(weights_only=True)``."""
-        save_torch_atomic(path, {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "state": self.state.tensors(),
-            "ema": self.ema,
-            "schedule": self.parts.schedule.state_dict(),
-            "callbacks": [{"callback": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
-            "history": self.history,
-            "elapsed": self._elapsed,
-            "config": self.config.to_dict(),
-        })
+        save_checkpoint(path, epoch=epoch, state=self.state.tensors(), ema=self.ema, schedule=self.parts.schedule.state_dict(),
+                        callbacks=self.callbacks, history=self.history, elapsed=self._elapsed, config=self.config.to_dict())
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -211,10 +155,10 @@ class Trainer:
             if other:
                 raise ConfigError(f"cannot resume {self.run_dir}: the config differs from the checkpoint's at {', '.join(other)}")
             self._check_extension(int(ckpt["config"]["train"]["epochs"]), int(ckpt["epoch"]))
-        self.state = TrainState.from_tensors(_to_device(ckpt["state"], self.parts.device))
-        self.ema = _to_device(ckpt["ema"], self.parts.device)
+        self.state = TrainState.from_tensors(to_device(ckpt["state"], self.parts.device))
+        self.ema = to_device(ckpt["ema"], self.parts.device)
         self.parts.schedule.load_state_dict(ckpt["schedule"])
-        _restore_callbacks(self.callbacks, ckpt["callbacks"])
+        restore_callbacks(self.callbacks, ckpt["callbacks"])
         self.history = ckpt["history"]
         self.epoch = int(ckpt["epoch"])
         self._elapsed = float(ckpt["elapsed"])
@@ -318,7 +262,7 @@ class Trainer:
         if group:
             yield _merge(group)
 
-    def _train_epoch(self, epoch: int, bar: "_Progress | None") -> tuple[dict[str, Any], bool]:
+    def _train_epoch(self, epoch: int, bar: "EpochProgress | None") -> tuple[dict[str, Any], bool]:
         """One epoch of steps: (train metrics, diverged)."""
         t = self.config.train
         world = self.dist.world_size
@@ -418,7 +362,7 @@ class Trainer:
 
         diverged = False
         eval_split = "val" if self.has_val else ("test" if self.has_test else None)
-        with _Progress(self.progress and self.is_main, t.epochs, self.steps_per_epoch) as bar:
+        with EpochProgress(self.progress and self.is_main, t.epochs, self.steps_per_epoch) as bar:
             while self.epoch < t.epochs and not self.should_stop:
                 epoch = self.epoch
                 bar.start_epoch(epoch)
@@ -509,9 +453,8 @@ class Trainer:
         result["test"] = {"last": last}
         if ckpt_cb is not None and ckpt_cb.best_path and ckpt_cb.save_dir is None and self.run_dir is not None:
             ckpt = load_checkpoint(self.run_dir / "checkpoints" / ckpt_cb.best_path)
-            params = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["state"]["params"]
-            best = self.evaluate("test", params=_to_device(params, self.parts.device),
-                                 buffers=_to_device(ckpt["state"]["buffers"], self.parts.device))
+            params, buffers = checkpoint_weights(ckpt, self.parts.device)
+            best = self.evaluate("test", params=params, buffers=buffers)
             result["test"]["best"] = best
             self.evaluate("test")  # the confusion matrix stays the last weights'
 
@@ -567,25 +510,6 @@ class Trainer:
         return model_from_state(self.model, self.ema if (use_ema and self.ema is not None) else self.state.params, self.state.buffers)
 
 
-class _OptimizerRate:
-    """The bring-your-own route's rate: group 0 of the user's torch optimizer, read at every step (so the
-    user's own scheduler, stepping that optimizer, drives the functional update too)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizer = optimizer
-
-    def lr(self, step: int) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def observe(self, value: float) -> bool:
-        return False
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, d: dict) -> None: ...
-
-
 def _merge(batches: list) -> tuple[Tensor, Tensor, Tensor, list[int] | None]:
     if len(batches) == 1:
         b = batches[0]
@@ -611,72 +535,6 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def model_from_state(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> torch.nn.Module:
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in params:
-                p.copy_(params[n])
-        for n, b in model.named_buffers():
-            if n in buffers:
-                b.copy_(buffers[n])
-    return model.eval()
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a cnnlab checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} file")
-    return ckpt
-
-
-def versions() -> dict[str, str]:
-    return {"cnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
-
-
-def _restore_callbacks(callbacks: Sequence[Callback], saved: list) -> None:
-    """Give each callback the state saved by the callback of its class at the same rank among that class, so a
-    resumed run whose callback list differs (one added or dropped) never hands a state to the wrong callback."""
-    if not all(isinstance(s, dict) and set(s) == {"callback", "state"} for s in saved):
-        for cb, s in zip(callbacks, saved):  # checkpoints written before callback states were named
-            cb.load_state_dict(s)
-        return
-    pools: dict[str, list] = {}
-    for s in saved:
-        pools.setdefault(s["callback"], []).append(s["state"])
-    for cb in callbacks:
-        pool = pools.get(type(cb).__name__)
-        if pool:
-            cb.load_state_dict(pool.pop(0))
-
-
-def _config_callbacks(config: RunConfig) -> list[Callback]:
-    out: list[Callback] = []
-    es = config.callbacks.early_stopping
-    if es is not None:
-        out.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta, es.warmup_epochs))
-    ck = config.callbacks.checkpoint
-    if ck is not None:
-        out.append(ModelCheckpoint(monitor=ck.monitor, mode=ck.mode, save_top_k=ck.top_k))
-    from cnnlab.engine.loggers import LOGGERS, CurvesPlot, custom_callback
-
-    for name in config.callbacks.loggers:
-        try:
-            out.append(LOGGERS[name]())
-        except ImportError as e:
-            raise ConfigError(f"callbacks.loggers: {e}") from None
-    out += [custom_callback(spec.class_path, spec.init_args, f"callbacks.custom[{i}]")
-            for i, spec in enumerate(config.callbacks.custom)]
-    if config.callbacks.curves:
-        out.append(CurvesPlot())
-    return out
-
-
 def _memory_stats(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
@@ -689,66 +547,7 @@ def _checksum(params: dict[str, Tensor]) -> Tensor:
     return torch.stack([p.detach().double().sum() for p in params.values()]).cpu()
 
 
-def _to_device(obj, device):
-    if obj is None:
-        return None
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
 def _jsonl(record: dict) -> str:
     from cnnlab.utils.io import to_json
 
     return to_json(record, indent=None) + "\n"
-
-
-class _Progress:
-    """A rich progress bar (loss, accuracy, images/s, ETA) on a terminal; one plain line per epoch otherwise
-    (cluster logs, nohup, CI); nothing when disabled."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int):
-        self.enabled, self.epochs, self.steps = enabled, epochs, steps
-        self.lines = enabled and not sys.stderr.isatty()
-        self._p = None
-        self._t0 = time.perf_counter()
-        self._done = 0
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-        if self.enabled and not self.lines:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False)
-            self._p.__enter__()
-        return self
-
-    def start_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
-        if self._p is not None:
-            self._task = self._p.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps, stats="")
-
-    def update(self, done: int, loss: float, acc: float, ips: float) -> None:
-        if self._p is not None:
-            self._p.update(self._task, completed=done, stats=f"loss {loss:.4f} acc {acc:.3f} {ips:,.0f} img/s")
-
-    def end_epoch(self, m: dict) -> None:
-        acc = next((f"{k} {m[k]:.4f}" for k in ("val_acc", "test_acc") if k in m), "")
-        stats = f"loss {m['train_loss']:.4f} {acc} {m['images_per_s']:,.0f} img/s"
-        if self._p is not None:
-            self._p.update(self._task, stats=stats)
-        elif self.lines:
-            from cnnlab.utils.progress import eta_seconds, format_duration
-
-            self._done += 1
-            elapsed = time.perf_counter() - self._t0
-            eta = eta_seconds(self._done, self.epochs - self._epoch - 1 + self._done, elapsed)
-            print(f"epoch {self._epoch + 1}/{self.epochs}: {stats} ({format_duration(elapsed)}"
-                  + (f", ETA {format_duration(eta)}" if eta else "") + ")", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
