@@ -98,5 +98,5 @@ def build_user_run(model, device, criterion, optimizer, train_loader, val_loader
     for split, data in (("val", val_loader), ("test", test_loader)):
         if data is not None:
             sources[split] = eval_source(data, batch_size=config.train.eval_batch_size, device=dev, channels_last=channels_last)
-    parts = RunParts(config, dev, None, model, None, loader, settings, OptimizerRate(optimizer), 0)
+    parts = RunParts(config, dev, None, model, None, loader, settings, OptimizerRate(optimizer), 0, channels_last=channels_last)
     return UserRun(config, dist, state, parts, sources, criterion, named)
