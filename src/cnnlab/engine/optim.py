@@ -132,17 +132,24 @@ class SGD(FunctionalOptimizer):
         return p - lr * d, {"momentum_buffer": buf}
 
     def _update_group(self, ps, gs, ss, lr, wd, step):
-        # the ops of _update_one in the same order (each elementwise op rounds as its single-tensor twin)
-        d = torch._foreach_add(gs, torch._foreach_mul(ps, wd)) if wd else list(gs)
+        # the ops of _update_one in the same order (each elementwise op rounds as its single-tensor twin);
+        # in place only on tensors made here (a + b == b + a bitwise, so operands may swap sides)
+        if wd:
+            d = torch._foreach_mul(ps, wd)
+            torch._foreach_add_(d, gs)
+        else:
+            d = list(gs)
         if not self.momentum:
             return torch._foreach_sub(ps, torch._foreach_mul(d, lr)), {}
         buf = torch._foreach_mul(ss["momentum_buffer"], self.momentum)
         torch._foreach_add_(buf, d)
         if self.nesterov:
-            d = torch._foreach_add(d, torch._foreach_mul(buf, self.momentum))
+            upd = torch._foreach_mul(buf, self.momentum)
+            torch._foreach_add_(upd, d)
+            torch._foreach_mul_(upd, lr)
         else:
-            d = buf
-        return torch._foreach_sub(ps, torch._foreach_mul(d, lr)), {"momentum_buffer": buf}
+            upd = torch._foreach_mul(buf, lr)
+        return torch._foreach_sub(ps, upd), {"momentum_buffer": buf}
 
 
 class Adam(FunctionalOptimizer):
