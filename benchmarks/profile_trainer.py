@@ -49,13 +49,15 @@ def _time(fn: Callable[[], object]) -> float:
 
 
 def alternate(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, float, float]]:
-    """(median, min, max) seconds per call of each function, called in turn ``reps`` times after one warm-up."""
+    """(median, min, max) seconds per call of each function, called in turn ``reps`` times after one warm-up
+    (the order rotated each time: whichever runs first after another can be systematically slower)."""
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            times[k].append(_time(f))
+    keys = list(fns)
+    for r in range(reps):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(_time(fns[k]))
     return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
 
 
@@ -121,7 +123,7 @@ class Setup:
     def cnnlab_update(self, grads: dict[str, torch.Tensor]) -> None:
         tr = self.trainer
         with torch.no_grad():
-            tr.parts.settings.optimizer.update(tr.state.params, grads, tr.state.opt_state, LR, tr.state.step + 1)
+            tr.parts.settings.optimizer.update_fast(tr.state.params, grads, tr.state.opt_state, LR, tr.state.step + 1)
 
     def cnnlab_eval(self) -> None:
         self.trainer.evaluate("val")
