@@ -6,8 +6,8 @@ flip, cross-entropy) and evaluation schedule (the whole test split at every epoc
 Timed: the second epoch (training + its evaluation), as training images per second. Each measurement is
 a separate process; the tools are interleaved over rounds (order rotated) and the medians compared.
 
-- ``cnnlab``: the config route with the precision/layout cnnlab chooses (``train.precision=auto``: bf16
-  autocast + channels_last where the CPU has native bf16, else fp32), on-device batched augmentation.
+- ``cnnlab``: the config route with its defaults (``train.precision: auto``, ``train.channels_last: auto``:
+  bf16 autocast + channels_last where the CPU has native bf16, else fp32 NCHW), on-device batched augmentation.
 - ``cnnlab_fp32``: the same in fp32 / NCHW (what the choice buys).
 - ``cnnlab_user``: bring-your-own: nn.Module + torch.optim.SGD + the plain loop's DataLoader, fp32.
 - ``plain``: DataLoader over a Dataset with per-sample crop/flip, torch.optim.SGD, fp32 (what one writes).
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -110,14 +109,12 @@ def run_cnnlab(name, n_train, n_test, precision):
 
     xtr, ytr, xte, yte = synthetic(n_train, n_test)
     ds = ImageDataset("cifar10", Split(xtr, ytr), Split(xte, yte), [str(i) for i in range(10)], MEAN, STD)
-    from cnnlab.engine.setup import resolve_precision
-
-    chosen, _ = resolve_precision(precision, torch.device("cpu"))
+    pinned = [] if precision == "default" else [f"train.precision={precision}", "train.channels_last=false"]
     cfg = load_config(None, [f"model.name={name}", "data.name=cifar10", "data.crop_padding=4", "data.flip=random",
                              f"train.epochs={EPOCHS}", f"train.batch_size={BATCH}", "train.eval_batch_size=1000",
                              "optim.name=sgd", f"optim.lr={LR}", f"optim.momentum={MOMENTUM}", "optim.nesterov=true",
                              f"optim.weight_decay={WD}", "optim.no_decay_1d=false", "schedule.name=constant",
-                             f"train.precision={precision}", f"train.channels_last={str(chosen == 'bf16').lower()}"])
+                             "callbacks.curves=false", *pinned])
     times = []
 
     class Timer(Callback):
@@ -190,7 +187,7 @@ def worker(tool: str, name: str, n_train: int, n_test: int) -> dict:
     if tool == "plain":
         t, extra = run_plain(name, n_train, n_test)
     elif tool == "cnnlab":
-        t, extra = run_cnnlab(name, n_train, n_test, "auto")
+        t, extra = run_cnnlab(name, n_train, n_test, "default")
     elif tool == "cnnlab_fp32":
         t, extra = run_cnnlab(name, n_train, n_test, "fp32")
     elif tool == "cnnlab_user":
@@ -236,14 +233,13 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     lines = ["| model | " + " | ".join(tools) + " | cnnlab / plain | cnnlab / Lightning | cnnlab_user / plain |",
              "|---|" + "---|" * (len(tools) + 3)]
+    def ratio(name, x, y):
+        return f"{med[(name, x)] / med[(name, y)]:.2f}x" if (name, x) in med and (name, y) in med else "-"
+
     for name in a.models.split(","):
         row = [f"{med.get((name, t), float('nan')):.0f}" for t in tools]
-
-        def ratio(x, y):
-            return f"{med[(name, x)] / med[(name, y)]:.2f}x" if (name, x) in med and (name, y) in med else "-"
-
-        lines.append(f"| {name} | " + " | ".join(row) + f" | {ratio('cnnlab', 'plain')} | {ratio('cnnlab', 'lightning')} | "
-                     f"{ratio('cnnlab_user', 'plain')} |")
+        lines.append(f"| {name} | " + " | ".join(row) + f" | {ratio(name, 'cnnlab', 'plain')} | {ratio(name, 'cnnlab', 'lightning')} | "
+                     f"{ratio(name, 'cnnlab_user', 'plain')} |")
     spread = "; ".join(f"{n}/{t}: {min(v):.0f}-{max(v):.0f}" for (n, t), v in sorted(runs.items()))
     body = f"""`python benchmarks/trainer_vs_peers.py --models {a.models} --rounds {a.rounds} --train {a.train} --test {a.test}`: training images/s
 (median of {a.rounds} rounds) over the second epoch of training plus its end-of-epoch evaluation of {a.test}

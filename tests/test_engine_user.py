@@ -101,7 +101,8 @@ class _EpochOrder(Sampler):
 
 
 def test_user_module_adamw_dataloader_trains_to_the_config_routes_weights():
-    cfg = _cfg("optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.05", "schedule.name=constant")
+    cfg = _cfg("optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.05", "schedule.name=constant",
+               "train.precision=fp32")  # the user route below runs fp32 (use_amp=False)
     reference = Trainer(cfg, None, progress=False)
     parts = build_run(cfg)
     model = copy.deepcopy(parts.model)  # the same initial weights, as a plain nn.Module

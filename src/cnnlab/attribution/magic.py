@@ -39,6 +39,9 @@ def prepare_config(config: RunConfig) -> RunConfig:
     Raises ConfigError naming the setting when the run cannot be differentiated exactly.
     """
     t = config.train
+    if t.precision == "auto":  # cnnlab's choice for an exact replay is fp32 (the run MAGIC trains uses this config)
+        config = config.model_copy(update={"train": t.model_copy(update={"precision": "fp32"})})
+        t = config.train
     if t.precision != "fp32":
         raise ConfigError(f"train.precision: MAGIC needs exact fp32 arithmetic, got {t.precision!r} (autocast "
                           "rounding and fp16 loss scaling are not differentiable); set train.precision=fp32")

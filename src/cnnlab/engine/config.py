@@ -179,8 +179,11 @@ class TrainConfig(_Strict):
     accumulate_batches: int = Field(default=1, ge=1, description="loader batches per optimizer step (effective batch N x batch_size)")
     grad_clip: Optional[float] = Field(default=None, gt=0, description="clip the global gradient norm to this")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        default="fp32", description="auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AVX-512 BF16 / AMX), else fp32")
-    channels_last: bool = False
+        default="auto", description="auto: bf16 autocast where the device has native bf16 (CUDA, or a CPU with AVX-512 BF16 / AMX), "
+        "else fp32; result.json's precision says what was chosen and why")
+    channels_last: Optional[bool] = Field(
+        default=None, description="null (or auto): channels_last where bf16 autocast runs on a CPU (faster there for every model "
+        "measured), else NCHW; true/false: as set")
     compile: bool = False
     cudnn_benchmark: bool = Field(default=False, description="let cuDNN pick the fastest convolution algorithms (CUDA; not bitwise reproducible)")
     ema: Optional[EmaConfig] = None
@@ -194,6 +197,10 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resume checkpoints")
     log_every: int = Field(default=10, ge=1, description="steps between progress/divergence checks")
 
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _channels_last_auto(cls, v: Any) -> Any:
+        return None if v == "auto" else v
 
 
 class RunConfig(_Strict):

@@ -52,6 +52,17 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", f"auto: no native bf16 on this {device.type} (bf16 would be emulated, slower)"
 
 
+def resolve_channels_last(setting: bool | None, precision: str, device: torch.device) -> tuple[bool, str]:
+    """(memory format is channels_last, why) for ``train.channels_last``; None ("auto") picks channels_last where
+    bf16 autocast runs on a CPU: oneDNN's bf16 convolutions run in that layout, and a bare ResNet/CNN step
+    measured 1.8-2.5x the fp32 NCHW step there (benchmarks/profile_trainer.py, BENCHMARKS.md)."""
+    if setting is not None:
+        return setting, "set by train.channels_last"
+    if precision == "bf16" and device.type == "cpu":
+        return True, "auto: bf16 autocast on a CPU runs fastest in channels_last"
+    return False, f"auto: NCHW with {precision} on {device.type} (channels_last is chosen only with bf16 on a CPU)"
+
+
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
     """``train.device`` as a torch.device (``auto``: CUDA when there is one); a device this machine lacks is a
     ConfigError naming ``key``. The toolkit's :func:`cnnlab.utils.devices.resolve_device`, kept here for importers."""
@@ -178,6 +189,7 @@ class RunParts:
     schedule: Schedule
     in_channels: int
     val_indices: Tensor | None = None  # train-split indices held out for validation (data.val_split)
+    channels_last: bool = False  # the memory format in use (train.channels_last resolved)
 
     def initial_state(self) -> TrainState:
         return TrainState.from_model(self.model, self.settings.optimizer, fp16=self.settings.autocast_dtype == torch.float16)
@@ -185,7 +197,7 @@ class RunParts:
     def eval_images(self, images: Tensor, start: int, end: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Eval transform (resize, channels, normalise; no augmentation) of ``images[start:end]`` on device."""
         x = images[start:end].to(self.device, non_blocking=True)
-        return self.augment.eval_transform(x, dtype=dtype, channels_last=self.config.train.channels_last)
+        return self.augment.eval_transform(x, dtype=dtype, channels_last=self.channels_last)
 
 
 def build_run(
@@ -225,7 +237,9 @@ def build_run(
     if isinstance(model, InitFromData) and config.model.weights is None:  # the model's own data-dependent init
         model.init_from_data(_init_batch(dataset, in_channels, resolution))
     model = model.to(device)
-    if t.channels_last:
+    precision, _ = resolve_precision(t.precision, device)
+    channels_last, _ = resolve_channels_last(t.channels_last, precision, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits memory_format
     if t.compile:
         model.forward = torch.compile(model.forward)
@@ -249,7 +263,7 @@ def build_run(
     loader = BatchLoader(
         dataset.train.images, dataset.train.labels, t.batch_size, seed=derive_seed(config.seed, "data"),
         shuffle=True, drop_last=t.drop_last, indices=subset_indices(config, len(dataset.train), held_out), weights=weights,
-        augment=augment, device=device, dtype=torch.float32, channels_last=t.channels_last,
+        augment=augment, device=device, dtype=torch.float32, channels_last=channels_last,
         rank=rank, world_size=world_size)
     if len(loader) == 0:
         raise ConfigError(f"train.batch_size: {t.batch_size} leaves no batch (drop_last with {loader.num_examples} examples)")
@@ -263,13 +277,12 @@ def build_run(
         optimizer = make_optimizer(o.name, groups, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas, eps=o.eps)
     if t.accumulate_batches > 1 and t.accumulation > 1:
         raise ConfigError("train.accumulate_batches and train.accumulation both split the step; set one of them to 1")
-    precision, _ = resolve_precision(t.precision, device)
     settings = StepSettings(
         optimizer=optimizer, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip, accumulation=t.accumulation,
         autocast_dtype=_AMP[precision], bn_stats=t.bn_stats,
         frozen={n: p.detach() for n, p in model.named_parameters() if not p.requires_grad})
     schedule = make_schedule(config, math.ceil(len(loader) / t.accumulate_batches))
-    return RunParts(config, device, dataset, model, augment, loader, settings, schedule, in_channels, held_out)
+    return RunParts(config, device, dataset, model, augment, loader, settings, schedule, in_channels, held_out, channels_last)
 
 
 def torch_class_optimizer(config: RunConfig, model: nn.Module, groups) -> FunctionalOptimizer:

@@ -202,7 +202,8 @@ def train_step(
     ctx = contextlib.nullcontext() if create_graph else torch.no_grad()
     with ctx:
         params_in = state.params if create_graph else {n: p.detach() for n, p in state.params.items()}
-        new_params, new_opt = settings.optimizer.update(params_in, dict(zip(names, grads)), state.opt_state, lr, state.step + 1)
+        update = settings.optimizer.update if create_graph or differentiation != "autograd" else settings.optimizer.update_fast
+        new_params, new_opt = update(params_in, dict(zip(names, grads)), state.opt_state, lr, state.step + 1)
     if not create_graph:  # explicit BN stats carry the batch's graph; drop it so activations are freed
         buffers = {n: b.detach() for n, b in buffers.items()}
     new_state = TrainState(new_params, buffers, new_opt, state.step + 1, scale, state.good_steps)

@@ -24,7 +24,7 @@ from cnnlab.engine.metrics import EvalAccumulator, confusion_matrix, macro_prf
 from cnnlab.engine.optim import sync_torch_optimizer
 from cnnlab.engine.progress import EpochProgress
 from cnnlab.engine.rundir import check_same_run
-from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_device, resolve_precision, seeds
+from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_channels_last, resolve_device, resolve_precision, seeds
 from cnnlab.engine.step import TrainState, eval_logits, train_step
 from cnnlab.engine.userrun import build_user_run
 from cnnlab.engine.versions import versions
@@ -112,6 +112,7 @@ class Trainer:
             self._num_classes = None
         self.model = self.parts.model
         self.precision, self.precision_reason = resolve_precision(self.config.train.precision, self.parts.device)
+        self.channels_last_reason = resolve_channels_last(self.config.train.channels_last, self.precision, self.parts.device)[1]
         self.callbacks: list[Callback] = list(callbacks) + config_callbacks(self.config)
         self.progress = progress
         self.ema: dict[str, Tensor] | None = None
@@ -476,8 +477,8 @@ class Trainer:
             "stopped_early": bool(es_cb and es_cb.stopped_epoch is not None),
             "final": final,
             "selection": "val" if self.has_val else ("test" if self.has_test else "train"),
-            "precision": {"autocast": self.precision, "channels_last": self.config.train.channels_last,
-                          "reason": self.precision_reason},
+            "precision": {"autocast": self.precision, "channels_last": self.parts.channels_last,
+                          "reason": self.precision_reason, "channels_last_reason": self.channels_last_reason},
             "timings": {"total_s": self._elapsed, "train_s": sum(train_times),
                         "images_per_s": images / sum(train_times) if train_times and sum(train_times) > 0 else None},
             "seeds": seeds(self.config),

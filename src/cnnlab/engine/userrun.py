@@ -100,5 +100,6 @@ def build_user_run(model, device, criterion, optimizer, train_loader, val_loader
             sources[split] = eval_source(data, batch_size=config.train.eval_batch_size, device=dev, channels_last=channels_last)
     # no ImageDataset, no Augment (the user's data comes transformed), the rate from the user's optimizer:
     # Trainer.user_route tells the routes apart by parts.dataset being None
-    parts = RunParts(config, dev, None, model, None, loader, settings, OptimizerRate(optimizer), 0)  # type: ignore[arg-type]
+    parts = RunParts(config, dev, None, model, None, loader, settings, OptimizerRate(optimizer), 0,  # type: ignore[arg-type]
+                     channels_last=channels_last)
     return UserRun(config, dist, state, parts, sources, criterion, named)

@@ -55,7 +55,7 @@ def member_models(config: PopulationRunConfig, parts: RunParts) -> list[nn.Modul
                 if n in frozen:
                     p.copy_(frozen[n])
         m = m.to(parts.device)
-        if config.train.channels_last:
+        if parts.channels_last:  # train.channels_last as build_run resolved it
             m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to's stubs lack memory_format
         out.append(m)
     return out
@@ -109,7 +109,7 @@ def run_population(config: PopulationRunConfig, run_dir: str | Path | None, *, d
     base_lr = parts.schedule.base_lr
     lr_scale = [lr / base_lr for lr in pc.lr] if pc.lr is not None else None
     eval_set = EvalSet(parts.dataset.test.images, parts.dataset.test.labels, parts.augment,
-                       config.train.eval_batch_size, config.train.channels_last)
+                       config.train.eval_batch_size, parts.channels_last)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml_atomic(run_dir / "config.yaml", config.model_dump(mode="json"))
