@@ -27,7 +27,7 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(BIN)/cnnlab train
 
-test: $(DEVSTAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2 -q
 
 # style and types: ruff (pyflakes, pycodestyle errors, bugbear) and mypy over the package
