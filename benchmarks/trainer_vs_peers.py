@@ -216,6 +216,7 @@ def main() -> None:
     tools = a.tools.split(",")
     runs: dict[tuple[str, str], list[float]] = {}
     chosen = {}
+    load_before = os.getloadavg()[0]
     for r in range(a.rounds):
         for name in a.models.split(","):
             order = tools[r % len(tools):] + tools[: r % len(tools)]
@@ -240,13 +241,15 @@ def main() -> None:
         row = [f"{med.get((name, t), float('nan')):.0f}" for t in tools]
         lines.append(f"| {name} | " + " | ".join(row) + f" | {ratio(name, 'cnnlab', 'plain')} | {ratio(name, 'cnnlab', 'lightning')} | "
                      f"{ratio(name, 'cnnlab_user', 'plain')} |")
+    load_after = os.getloadavg()[0]
     spread = "; ".join(f"{n}/{t}: {min(v):.0f}-{max(v):.0f}" for (n, t), v in sorted(runs.items()))
-    body = f"""`python benchmarks/trainer_vs_peers.py --models {a.models} --rounds {a.rounds} --train {a.train} --test {a.test}`: training images/s
+    tools_arg = f" --tools {a.tools}" if a.tools != ap.get_default("tools") else ""
+    body = f"""`python benchmarks/trainer_vs_peers.py --models {a.models}{tools_arg} --rounds {a.rounds} --train {a.train} --test {a.test}`: training images/s
 (median of {a.rounds} rounds) over the second epoch of training plus its end-of-epoch evaluation of {a.test}
 test images; synthetic CIFAR-shaped data, batch {BATCH}, SGD nesterov, crop + flip, same for every tool; each
 measurement a separate process, tools interleaved (order rotated each round). {platform.processor() or platform.machine()},
-{os.cpu_count()} cores, torch {torch.__version__}. **The machine was shared by five parallel helpers while
-this ran: single rounds are noisy** (range per cell: {spread}).
+{os.cpu_count()} cores, torch {torch.__version__}; 1-minute load average {load_before:.1f} before, {load_after:.1f} after
+(other work on the machine makes single rounds noisy; range per cell: {spread}).
 
 {chr(10).join(lines)}
 
