@@ -59,8 +59,10 @@ def _ray_task(run_dir: str, drop: float, models: int, seed: int, k: int, threads
     return k
 
 
-def _run_ray(study: LDSStudy, address: Optional[str], workers: Optional[int], threads: int,
-             progress: Optional[Callable[[int, int], None]]) -> None:
+def _run_ray_tasks(task: Callable[..., Any], calls: list[tuple], done: int, total: int, address: Optional[str],
+                   workers: Optional[int], progress: Optional[Callable[[int, int], None]]) -> None:
+    """Run ``task(*args)`` for every tuple of ``calls`` as one-CPU Ray tasks (a local Ray unless ``address``),
+    reporting ``progress(done, total)`` as each finishes; a Ray cnnlab started is shut down again."""
     try:
         import ray
     except ImportError:
@@ -69,19 +71,24 @@ def _run_ray(study: LDSStudy, address: Optional[str], workers: Optional[int], th
 
     started = init_ray(ray, address, workers)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
-        r = study.regime
-        pending = [remote.remote(str(study.run_dir.resolve()), r.drop, r.models, r.seed, k, threads) for k in study.pending()]
-        done = r.models - len(pending)
+        remote = ray.remote(num_cpus=1, max_retries=0)(task)
+        pending = [remote.remote(*args) for args in calls]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             ray.get(ready)
             done += len(ready)
             if progress:
-                progress(done, r.models)
+                progress(done, total)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_ray(study: LDSStudy, address: Optional[str], workers: Optional[int], threads: int,
+             progress: Optional[Callable[[int, int], None]]) -> None:
+    r, run_dir = study.regime, str(study.run_dir.resolve())
+    calls = [(run_dir, r.drop, r.models, r.seed, k, threads) for k in study.pending()]
+    _run_ray_tasks(_ray_task, calls, r.models - len(calls), r.models, address, workers, progress)
 
 
 def run_lds_models(study: LDSStudy, executor: str, *, workers: int = 1, threads: Optional[int] = None,
@@ -172,26 +179,8 @@ def _ray_magic_task(command: list[str], k: int, threads: int) -> int:
 
 def _run_ray_magic(chunks: MagicChunks, command: list[str], address: Optional[str], workers: Optional[int],
                    threads: int, progress: Optional[Callable[[int, int], None]]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("the ray executor needs Ray: pip install 'cnnlab[ray]'") from None
-    from cnnlab.utils.ray_session import init_ray
-
-    started = init_ray(ray, address, workers)
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_magic_task)
-        pending = [remote.remote(command, k, threads) for k in chunks.pending()]
-        done = len(chunks) - len(pending)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)
-            done += len(ready)
-            if progress:
-                progress(done, len(chunks))
-    finally:
-        if started:
-            ray.shutdown()
+    calls = [(command, k, threads) for k in chunks.pending()]
+    _run_ray_tasks(_ray_magic_task, calls, len(chunks) - len(calls), len(chunks), address, workers, progress)
 
 
 def run_magic_chunks(chunks: MagicChunks, executor: str, task_command: list[str], *, workers: Optional[int] = None,
