@@ -1,5 +1,7 @@
 """The shared toolkit in cnnlab.utils: registry, index lists, tagged files, devices, config diffs, memory."""
 
+import sys
+
 import pytest
 import torch
 
@@ -23,8 +25,12 @@ def test_registry_registers_looks_up_and_suggests():
     assert reg.names() == ["alpha", "beta"] and "alpha" in reg and len(reg) == 2
     with pytest.raises(LookupError, match=r"unknown widget 'alpah'. Did you mean 'alpha'\?.*widgets list"):
         reg.get("alpah")
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="widget 'beta' is registered twice"):
         reg.register("beta", float)
+    with pytest.raises(ValueError, match="registered twice"):  # the same object again is a second registration too
+        reg.register("beta", int)
+    with pytest.raises(ValueError, match="non-empty string"):
+        reg.register("", int)
     reg.register("beta", float, replace=True)
     assert reg.get("beta") is float
 
@@ -86,8 +92,18 @@ def test_config_diff_and_message():
                    "train.lr (0.1 -> 0.2) and 1 more. Use another --out.")
 
 
-def test_peak_rss_grows_with_an_allocation():
-    before = peak_rss_bytes()
-    block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
-    assert peak_rss_bytes() >= before and peak_rss_bytes() > 32 * 1024 * 1024
+def _current_rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc to compare against")
+def test_peak_rss_counts_a_new_allocation_in_bytes():
+    rss_before = _current_rss_bytes()
+    block = torch.ones(256 * 1024 * 1024 // 4)  # 256 MiB, touched: resident now, so the peak is at least this
+    peak = peak_rss_bytes()
+    assert peak >= rss_before + 200 * 1024 * 1024, (peak, rss_before)  # KiB or MiB units would fail this
+    assert peak < 64 * 1024**3  # and bytes, not a larger unit
     del block

@@ -124,10 +124,8 @@ def register_attribution_method(name: str) -> Callable[[type[AttributionMethod]]
     """Class decorator: register an :class:`AttributionMethod` subclass under ``name``."""
 
     def deco(cls: type[AttributionMethod]) -> type[AttributionMethod]:
-        if name in ATTRIBUTION_METHODS:
-            raise ValueError(f"attribution method {name!r} is registered twice")
+        ATTRIBUTION_METHODS.register(name, cls)  # a taken name is refused
         cls.name = name
-        ATTRIBUTION_METHODS.register(name, cls)
         return cls
 
     return deco

@@ -114,6 +114,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_attribution_executor_option(executor: Optional[str]) -> None:
+    """Fail before any compute when ``--executor`` (lds, magic) names no engine attribution tasks run on."""
+    if executor is None:
+        return
+    from cnnlab.experiments.attribution_jobs import check_attribution_executor
+
+    try:
+        check_attribution_executor(executor)
+    except ValueError as e:
+        fail(str(e))
+
+
 def check_mlflow(uri: Optional[str]) -> None:
     """Fail before any compute when ``--mlflow`` is given but mlflow is not installed."""
     if uri is not None:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import fail
+from cnnlab.cli.common import check_attribution_executor_option, fail
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -40,7 +40,7 @@ def lds_cmd(
     from cnnlab.attribution.lds import reset_study
     from cnnlab.attribution.pipeline import lds_analysis, lds_study
     from cnnlab.engine.config import ConfigError
-    from cnnlab.experiments.attribution_jobs import check_attribution_executor, run_lds_models
+    from cnnlab.experiments.attribution_jobs import run_lds_models
     from cnnlab.utils.progress import ProgressLog
 
     if not (run_dir / "magic.json").is_file():
@@ -65,11 +65,7 @@ def lds_cmd(
         regime = Regime(drop, models, seed)
     except ValueError as e:
         fail(f"--drop/--num-models: {e}")
-    if executor is not None:
-        try:
-            check_attribution_executor(executor)
-        except ValueError as e:
-            fail(str(e))
+    check_attribution_executor_option(executor)
     if index is not None:
         _task(run_dir, regime, index, threads, json_out)
         return

@@ -8,7 +8,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_mlflow, fail, log_to_mlflow, mlflow_option, progress_option, set_option
+from cnnlab.cli.common import (
+    check_attribution_executor_option, check_mlflow, fail, log_to_mlflow, mlflow_option, progress_option, set_option,
+)
 from cnnlab.utils.console import console, err_console, print_json, print_table
 
 
@@ -69,13 +71,7 @@ def magic_cmd(
         fail(f"--tree-k must be >= 2, got {tree_k}")
     if compile_chunk < 1:
         fail(f"--compile-chunk must be >= 1, got {compile_chunk}")
-    from cnnlab.experiments.attribution_jobs import check_attribution_executor
-
-    if executor is not None:
-        try:
-            check_attribution_executor(executor)
-        except ValueError as e:
-            fail(str(e))
+    check_attribution_executor_option(executor)
     chunked = executor is not None or chunk is not None or index is not None
     if index is not None:
         if out is None or chunk is None:

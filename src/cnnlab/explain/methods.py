@@ -53,10 +53,8 @@ def register_method(name: str) -> Callable[[type[AttributionMethod]], type[Attri
     """Class decorator: register an :class:`AttributionMethod` subclass under ``name`` (a taken name is refused)."""
 
     def deco(cls: type[AttributionMethod]) -> type[AttributionMethod]:
-        if name in METHODS:
-            raise ValueError(f"attribution method {name!r} is registered twice")
+        METHODS.register(name, cls)  # a taken name is refused
         cls.name = name
-        METHODS.register(name, cls)
         return cls
 
     return deco

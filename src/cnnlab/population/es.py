@@ -201,11 +201,8 @@ ES_ALGORITHMS: Registry[type[SearchStrategy]] = Registry(
 
 
 def register_es(cls: type[SearchStrategy]) -> type[SearchStrategy]:
-    """Class decorator: add an ES to the registry under ``cls.name``."""
-    if not cls.name or cls.name in ES_ALGORITHMS:
-        raise ValueError(f"ES name {cls.name!r} is empty or registered twice")
-    ES_ALGORITHMS.register(cls.name, cls)
-    return cls
+    """Class decorator: add an ES to the registry under ``cls.name`` (an empty or taken name is refused)."""
+    return ES_ALGORITHMS.register(cls.name, cls)
 
 
 def get_es(name: str) -> type[SearchStrategy]:

@@ -4,7 +4,7 @@ executors, search strategies): register by name with a decorator, look up with a
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -26,15 +26,21 @@ class Registry(Generic[T]):
         self.hint = hint
         self._entries: dict[str, T] = {}
 
+    @overload
+    def register(self, name: str, obj: None = None, *, replace: bool = False) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T, *, replace: bool = False) -> T: ...
+
     def register(self, name: str, obj: T | None = None, *, replace: bool = False) -> Callable[[T], T] | T:
         """Add ``obj`` under ``name``; without ``obj``, return a decorator that adds what it decorates.
-        A second entry under a taken name is refused unless ``replace=True``."""
+        A name already taken is refused (``ValueError``) unless ``replace=True``."""
 
         def add(value: T) -> T:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
-            if name in self._entries and not replace and self._entries[name] is not value:
-                raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True to replace it)")
+            if name in self._entries and not replace:
+                raise ValueError(f"{self.kind} {name!r} is registered twice (pass replace=True to replace it)")
             self._entries[name] = value
             return value
 

@@ -83,10 +83,7 @@ EXECUTORS: Registry[type[Executor]] = Registry(
 
 def register_executor(cls: type[Executor]) -> type[Executor]:
     """Class decorator: register an :class:`Executor` subclass under its ``name`` (a taken name is refused)."""
-    if not cls.name or cls.name in EXECUTORS:
-        raise ValueError(f"executor name {cls.name!r} is empty or registered twice")
-    EXECUTORS.register(cls.name, cls)
-    return cls
+    return EXECUTORS.register(cls.name, cls)
 
 
 def get_executor(name: str) -> Executor:
