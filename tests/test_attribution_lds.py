@@ -9,6 +9,7 @@ import torch
 
 from cnnlab.attribution import compute_magic, lds_statistics, make_masks, predictions, train_subset_phi
 from cnnlab.attribution.baselines import tracin_scores, trak_available, trak_scores
+from cnnlab.attribution import lds as lds_mod
 from cnnlab.attribution.lds import LDSStudy, Regime, full_weights, population_available, train_subsets_population
 from cnnlab.attribution.magic import measure_state, prepare_config, target_data
 from cnnlab.attribution.replay import Replay
@@ -175,11 +176,14 @@ def test_trak_baseline_runs_on_cpu(digits, magic, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_processes_train_the_same_models_as_one_process(digits, magic, tmp_path):
+def test_worker_processes_train_the_same_models_as_one_process(digits, magic, tmp_path, monkeypatch):
     kw = dict(config=build_config(smooth_raw()), train_indices=magic.train_indices, targets=TARGETS,
               num_train=len(digits.train))
     serial = LDSStudy(tmp_path / "a", Regime(0.25, 4), dataset=digits, **kw)
     serial.train(engine="step")
+    here = []  # models this process trains itself (the spawned worker does not see this patch)
+    monkeypatch.setattr(lds_mod, "train_subset_phi", lambda *a, **k: here.append(1) or train_subset_phi(*a, **k))
     parallel = LDSStudy(tmp_path / "b", Regime(0.25, 4), **kw)  # workers load digits by name
     parallel.train(workers=2, engine="step")
     assert torch.equal(parallel.actual(), serial.actual())
+    assert 1 <= len(here) < 4  # this process is one of the two workers; the spawned one trains the first models

@@ -246,7 +246,7 @@ class LDSStudy:
         """Train every subset model not yet recorded.
 
         ``engine="step"``: one model after another with the engine's step (bitwise the Trainer's run with
-        ``weights=``), in ``workers`` spawned processes when > 1. ``engine="population"``: ``chunk``
+        ``weights=``), in ``workers`` processes when > 1 (this one and ``workers - 1`` spawned). ``engine="population"``: ``chunk``
         models at a time with :func:`cnnlab.population.train.train_population` (``backend`` auto | vmap |
         loop | procs, ``workers`` processes for procs); records are written after each chunk.
         """
@@ -286,11 +286,29 @@ class LDSStudy:
         import concurrent.futures as cf
         import multiprocessing as mp
 
+        # this process is one of the workers: it trains from the end of the list while the spawned ones
+        # start up and take from the front, so the start-up of the others costs less than a model each
         threads = max(1, torch.get_num_threads() // workers)
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+        with cf.ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                     initargs=(self.config.to_dict(), self.dataset, self.targets, self.measure, threads)) as pool:
             futures = [pool.submit(_worker_train, k, self.weights(k), str(self.record_path(k)), self.provenance) for k in todo]
-            for f in cf.as_completed(futures):
+            here = 0
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for k, f in zip(reversed(todo), reversed(futures)):
+                    if not f.cancel():  # a spawned worker has it already: so it has every earlier one too
+                        break
+                    t0 = time.perf_counter()
+                    phi = train_subset_phi(self.config, self.weights(k), self.targets, self.measure, self.dataset)
+                    _write_record(self.record_path(k), k, phi, time.perf_counter() - t0, self.provenance)
+                    here += 1
+                    if progress:
+                        progress(done + here + sum(g.done() and not g.cancelled() for g in futures), self.regime.models)
+            finally:
+                torch.set_num_threads(before)
+            done += here
+            for f in cf.as_completed([g for g in futures if not g.cancelled()]):
                 f.result()
                 done += 1
                 if progress:
