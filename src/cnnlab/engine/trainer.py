@@ -24,7 +24,7 @@ from cnnlab.engine.metrics import EvalAccumulator, confusion_matrix, macro_prf
 from cnnlab.engine.optim import sync_torch_optimizer
 from cnnlab.engine.progress import EpochProgress
 from cnnlab.engine.rundir import check_same_run
-from cnnlab.engine.setup import RunParts, apply_runtime, build_run, resolve_channels_last, resolve_device, resolve_precision, seeds
+from cnnlab.engine.setup import RunParts, apply_malloc, apply_runtime, build_run, resolve_channels_last, resolve_device, resolve_precision, seeds
 from cnnlab.engine.step import TrainState, eval_logits, train_step
 from cnnlab.engine.userrun import build_user_run
 from cnnlab.engine.versions import versions
@@ -113,6 +113,7 @@ class Trainer:
         self.model = self.parts.model
         self.precision, self.precision_reason = resolve_precision(self.config.train.precision, self.parts.device)
         self.channels_last_reason = resolve_channels_last(self.config.train.channels_last, self.precision, self.parts.device)[1]
+        self.malloc, self.malloc_reason = apply_malloc(self.parts.device)
         self.callbacks: list[Callback] = list(callbacks) + config_callbacks(self.config)
         self.progress = progress
         self.ema: dict[str, Tensor] | None = None
@@ -479,6 +480,7 @@ class Trainer:
             "selection": "val" if self.has_val else ("test" if self.has_test else "train"),
             "precision": {"autocast": self.precision, "channels_last": self.parts.channels_last,
                           "reason": self.precision_reason, "channels_last_reason": self.channels_last_reason},
+            "malloc": {"allocator": self.malloc, "reason": self.malloc_reason},
             "timings": {"total_s": self._elapsed, "train_s": sum(train_times),
                         "images_per_s": images / sum(train_times) if train_times and sum(train_times) > 0 else None},
             "seeds": seeds(self.config),
