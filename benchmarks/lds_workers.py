@@ -6,7 +6,7 @@ Writes its section of BENCHMARKS.md.
 Fair by construction: every measurement is a fresh process (``--measure``) with ``OMP_NUM_THREADS=1`` that
 trains the same subset models (same regime, so the same masks) of the same trained run after deleting the
 previous measurement's records; each worker runs 1 torch thread (1 worker: the command's own process; 2
-workers: two spawned processes, whose start-up is counted, as a user pays it); 1 and 2 workers alternate
+workers: the command's own process and one spawned worker, whose start-up is counted, as a user pays it); 1 and 2 workers alternate
 round by round; medians are reported (all rounds shown).
 """
 
@@ -102,8 +102,9 @@ def main() -> None:
     body = f"""`benchmarks/lds_workers.py --models {args.models} --rounds {args.rounds}`: {args.models} subset models of a tiny
 digits run (tiny_cnn 8-16, 1024 images, 6 epochs), trained by `cnnlab lds --executor local --workers W` with W = 1
 and W = 2. Each measurement is a fresh process with OMP_NUM_THREADS=1 training the same subset models (same masks)
-from scratch; every worker runs 1 torch thread; W alternates round by round; the 2-worker time includes spawning
-its worker processes. Medians of {args.rounds} rounds.
+from scratch; every worker runs 1 torch thread; W alternates round by round; with W = 2 the command's own process
+trains beside one spawned worker, whose start-up is counted. Medians of {args.rounds} rounds; 1-minute load average
+{load_before} before, {load_after} after.
 
 | workers | median s | all rounds (s) | per model (s) |
 |---|---|---|---|
