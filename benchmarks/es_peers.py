@@ -4,7 +4,8 @@ Problem: ``configs/es_digits.yaml`` (tiny_cnn widths [8, 16, 32], 6,274 paramete
 one shared training batch of 128 per generation, fitness = negative cross-entropy with BatchNorm on
 batch statistics, 32 candidates per generation for every algorithm, one thread. Both tools start from
 the same vector (the run's model) and score candidates with the same function (cnnlab's
-``BatchFitness`` on generation g's batch), so only the search algorithm and its overhead differ; the
+``BatchFitness`` on generation g's batch, under the same C allocator: cnnlab's ES runs keep freed memory for
+reuse, and the EvoTorch process is given that too), so only the search algorithm and its overhead differ; the
 final center is scored on the test split the same way (BatchNorm re-estimated). Every (seed,
 algorithm, tool) runs in its own process; the two tools alternate order from seed to seed.
 
@@ -78,7 +79,9 @@ def _run(pair: str, seed: int, generations: int, problem: str):
 def _config(pair: str, seed: int, generations: int):
     from cnnlab.population.config import ESRunConfig, load
 
+    # es.mean_fitness_every=0: EvoTorch scores only the candidates, so cnnlab skips its curve of the mean (a 33rd row)
     base = {"es.generations": generations, "es.eval_every": generations, "es.checkpoint_every": generations,
+            "es.mean_fitness_every": 0,
             "es.population": 32, "es.sigma": 0.05, "es.threads": 1, "seed": seed}
     over = {**base, **PAIRS[pair][0]}
     return load(ESRunConfig, ROOT / "configs" / "es_digits.yaml", [f"{k}={v}" for k, v in over.items()])
@@ -123,7 +126,10 @@ def run_evotorch(pair: str, seed: int, generations: int, problem: str) -> dict:
     from evotorch import Problem
     from evotorch.algorithms import CMAES, PGPE, SNES
 
+    from cnnlab.utils.memory import retain_freed_memory
+
     warnings.filterwarnings("ignore")
+    retain_freed_memory()  # cnnlab's ES runs keep freed memory; the borrowed fitness gets the same allocator here
     run = _run(pair, seed, generations, problem)  # the same model, start vector, batches and fitness
     x0 = run.strategy.center.clone()
     fitness = TimedFitness(run.batch_fitness)
@@ -288,9 +294,9 @@ def main() -> None:
         problem = ("the same config on 28x28 handwritten digits as a CPU-sized EMNIST-like subset: the official MNIST "
                    "t10k images split 8,000 train / 2,000 test (EMNIST is not on this machine)")
         not_done = "Not measured here: EMNIST itself and the EMNIST SimpleResNet config on CUDA (no GPU here)."
-    body = f"""cnnlab's ES algorithms against EvoTorch {evotorch.__version__} on {problem}: {args.generations} generations, 32 candidates per generation for every algorithm, one shared training batch of 128 per generation, sigma (initial) 0.05, one thread, seeds {', '.join(map(str, args.seeds))}, each (seed, algorithm, tool) in its own process, the tools' order alternating per seed. Both start from the run's model and score candidates with the same function (cnnlab's `BatchFitness`: BatchNorm on batch statistics, negative cross-entropy), so the comparison isolates the algorithms and their per-generation overhead; test accuracy = the final center on the test split after re-estimating BatchNorm statistics. Times per generation = medians over generations, then over seeds: total; the shared fitness function's part (cnnlab's includes scoring the mean alongside, 33 rows against EvoTorch's 32); and the tool's own work (total minus fitness: sampling, ranking, the update, bookkeeping), which is where the tools differ and which the load on the machine disturbs least. `python benchmarks/es_peers.py --problem {args.problem} --generations {args.generations} --seeds {' '.join(map(str, args.seeds))}`.
+    body = f"""cnnlab's ES algorithms against EvoTorch {evotorch.__version__} on {problem}: {args.generations} generations, 32 candidates per generation for every algorithm, one shared training batch of 128 per generation, sigma (initial) 0.05, one thread, seeds {', '.join(map(str, args.seeds))}, each (seed, algorithm, tool) in its own process, the tools' order alternating per seed. Both start from the run's model and score candidates with the same function (cnnlab's `BatchFitness`: BatchNorm on batch statistics, negative cross-entropy), so the comparison isolates the algorithms and their per-generation overhead; test accuracy = the final center on the test split after re-estimating BatchNorm statistics. Times per generation = medians over generations, then over seeds: total; the shared fitness function's part (the 32 candidates in both: cnnlab's default also scores its mean each generation for the fitness curve, one more row, which `es.mean_fitness_every=0` turns off here, as EvoTorch has no such curve); and the tool's own work (total minus fitness: sampling, ranking, the update, bookkeeping), which is where the tools differ and which the load on the machine disturbs least. `python benchmarks/es_peers.py --problem {args.problem} --generations {args.generations} --seeds {' '.join(map(str, args.seeds))}`.
 
-Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; 1-min load average {load_before:.1f} before, {load_after:.1f} after: the machine was shared with other jobs while this ran, so the timings are noisy; the ratios come from interleaved runs in one sitting.
+Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; 1-min load average {load_before:.1f} before, {load_after:.1f} after (a load well above 1 means other jobs shared the machine and the totals are noisy); the ratios come from interleaved runs in one sitting. Both processes keep freed memory for reuse (cnnlab's ES runs do; the EvoTorch process is given the same allocator for the borrowed fitness).
 
 | cnnlab `es.algorithm` | EvoTorch counterpart | cnnlab test acc (min-max) | EvoTorch test acc (min-max) | cnnlab ms/gen | EvoTorch ms/gen | speed-up | fitness ms/gen cnnlab / EvoTorch | own ms/gen cnnlab / EvoTorch |
 |---|---|---|---|---|---|---|---|---|

@@ -70,3 +70,20 @@ def test_result_records_the_allocator(monkeypatch, tmp_path):
                              "model.options.widths=[8,16]", "callbacks.curves=false", "data.subset=256"])
     result = Trainer(cfg, tmp_path / "run", progress=False).fit()
     assert result["malloc"] == {"allocator": "system", "reason": f"set by {MALLOC_ENV}=system"}
+
+
+@pytest.mark.filterwarnings("ignore:not used by:UserWarning")
+def test_es_runs_choose_and_record_the_allocator_too(monkeypatch):
+    from pathlib import Path
+
+    from cnnlab.population.config import ESRunConfig, load
+    from cnnlab.population.es_run import ESRun
+
+    cfg = load(ESRunConfig, Path(__file__).resolve().parent.parent / "configs" / "es_digits.yaml",
+               ["es.generations=1", "es.batch_size=16", "es.population=4", "es.eval_batch_size=400",
+                "es.bn_calibration_batches=1", "model.options.widths=[4,8]", "es.threads=1"])
+    monkeypatch.setenv(MALLOC_ENV, "system")
+    assert ESRun(cfg).run(progress=False)["malloc"] == {"allocator": "system", "reason": f"set by {MALLOC_ENV}=system"}
+    monkeypatch.setenv(MALLOC_ENV, "tcmalloc")
+    with pytest.raises(ConfigError, match=MALLOC_ENV):
+        ESRun(cfg).run(progress=False)

@@ -173,3 +173,17 @@ def test_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
     assert "fitness" in lines[-1] and "(100%)" in lines[-1]
     ESRun(_cfg("es.population=4")).run(progress=False)
     assert "ES tiny_cnn" not in capsys.readouterr().err
+
+
+def test_the_mean_is_scored_every_mean_fitness_every_generations_without_changing_the_search(tmp_path):
+    runs = {}
+    for every in (1, 0, 3):
+        cfg = _cfg("es.generations=6", "es.eval_every=6", "es.checkpoint_every=6", "es.population=8", f"es.mean_fitness_every={every}")
+        run = ESRun(cfg, tmp_path / str(every))
+        runs[every] = (run.run(progress=False), run.strategy.center.clone())
+    scored = {every: [h["generation"] for h in r["history"] if "mean_fitness" in h] for every, (r, _) in runs.items()}
+    assert scored == {1: [1, 2, 3, 4, 5, 6], 0: [], 3: [1, 4, 6]}  # records count generations from 1; the last always
+    assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[3][1], runs[1][1])  # the same trajectory
+    assert [r["evaluations"] for r, _ in runs.values()] == [(6 * 8 + n) * 32 for n in (6, 0, 3)]
+    assert runs[0][0]["first"] == {} and (tmp_path / "0" / "fitness.png").exists()
+    assert runs[3][0]["final"]["mean_fitness"] == runs[1][0]["final"]["mean_fitness"]

@@ -30,7 +30,7 @@ from cnnlab.attribution.replay import Replay
 from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import RunConfig
-from cnnlab.engine.setup import build_run
+from cnnlab.engine.setup import apply_malloc, build_run, resolve_device
 from cnnlab.utils.io import save_torch_atomic, write_json_atomic
 from cnnlab.utils.seeding import derive_seed, make_generator
 
@@ -149,6 +149,7 @@ def lds_statistics(pred: Tensor, actual: Tensor, *, bootstrap: int = 2000, seed:
 # ------------------------------------------------------------------------------ the study
 def _worker_init(config_dict: dict, dataset: ImageDataset | None, targets: list[int], measure: str, threads: int) -> None:
     torch.set_num_threads(threads)
+    apply_malloc(torch.device("cpu"))
     global _W
     from cnnlab.engine.config import build_config
 
@@ -254,6 +255,7 @@ class LDSStudy:
         done = self.regime.models - len(todo)
         if not todo:
             return
+        apply_malloc(resolve_device(self.config.train.device))
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         if engine == "population":

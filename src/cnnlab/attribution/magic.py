@@ -23,7 +23,7 @@ from cnnlab.attribution.replay import Replay, ReplayStats
 from cnnlab.attribution.scores import Scores
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig
-from cnnlab.engine.setup import RunParts, apply_runtime, build_run, nonfunctional_optimizer
+from cnnlab.engine.setup import RunParts, apply_malloc, apply_runtime, build_run, nonfunctional_optimizer
 from cnnlab.engine.step import TrainState, eval_logits
 
 log = logging.getLogger("cnnlab.attribution")
@@ -207,6 +207,7 @@ def compute_magic(
     config = prepare_config(config)
     apply_runtime(config)
     parts = build_run(config, dataset=dataset, device=torch.device(device) if device is not None else None)
+    apply_malloc(parts.device)
     check_model(parts.model)
     check_determinism(parts.device)
     warnings = chaos_warnings(config, parts)

@@ -114,7 +114,7 @@ def es_cmd(
     f = result["final"]
     rows = [("run directory", str(run_dir)), ("generations", result["generations"]), ("population", result["population"]),
             ("parameters", result["num_params"]), ("fitness of the mean (first)", result["first"].get("mean_fitness")),
-            ("fitness of the mean (last)", f["mean_fitness"]), ("test accuracy", f["test_acc"]),
+            ("fitness of the mean (last)", f.get("mean_fitness")), ("test accuracy", f["test_acc"]),
             ("test loss", f["test_loss"]), ("time (s)", f"{result['timings']['total_s']:.1f}"),
             ("plot", str(run_dir / "fitness.png"))]
     from rich.markup import escape

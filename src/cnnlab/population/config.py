@@ -141,6 +141,8 @@ class ESSection(_Strict):
     executor: Literal["local", "ray"] = Field("local", description="where the fitness workers run")
     address: Optional[str] = Field(None, description="Ray cluster address (executor ray; default: a local Ray)")
     eval_every: int = Field(10, ge=1, description="generations between test evaluations of the mean")
+    mean_fitness_every: int = Field(1, ge=0, description="generations between fitness evaluations of the mean on the "
+                                    "generation's batch (its curve; one candidate's forward each; 0: never)")
     eval_batch_size: int = Field(1000, ge=1)
     bn_calibration_batches: int = Field(10, ge=1, description="train batches to re-estimate BatchNorm statistics of the mean")
     checkpoint_every: int = Field(10, ge=1, description="generations between resume checkpoints")
@@ -195,8 +197,8 @@ class ESRunConfig(_Strict):
 
 
 # Keys a resumed ES run may change without changing the trajectory of the mean.
-ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every", "es.threads", "es.workers",
-                        "es.executor", "es.address")  # the fitness of each candidate does not depend on them
+ES_RESUMABLE_CHANGES = ("es.generations", "es.checkpoint_every", "es.eval_every", "es.mean_fitness_every",
+                        "es.threads", "es.workers", "es.executor", "es.address")  # the fitness of each candidate does not depend on them
 
 
 def build(cls: type[BaseModel], raw: dict[str, Any], overrides: list[str] | None = None):

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from cnnlab.data import ImageDataset
 from cnnlab.engine.config import ConfigError, RunConfig
-from cnnlab.engine.setup import build_run, resolve_device
+from cnnlab.engine.setup import apply_malloc, build_run, resolve_device
 from cnnlab.engine.trainer import versions
 from cnnlab.population.bn import recalibrate_bn
 from cnnlab.population.config import ES_RESUMABLE_CHANGES, ESRunConfig, ESSection
@@ -167,6 +167,7 @@ class ESRun:
     def run(self, *, resume: bool = False, progress: bool = True,
             on_generation: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         es = self.config.es
+        self.malloc = apply_malloc(self.device)
         if self.run_dir is not None:
             ckpt = self.run_dir / "checkpoints" / "last.pt"
             if not resume and (ckpt.exists() or (self.run_dir / "result.json").exists()):
@@ -202,13 +203,18 @@ class ESRun:
 
     def _generation(self, g: int, pool: FitnessPool, bar: ProgressBar,
                     on_generation: Callable[[dict[str, Any]], None] | None) -> None:
-        """Generation ``g``: ask, score (the mean alongside, on the same batch: its curve), tell, record."""
+        """Generation ``g``: ask, score (every ``es.mean_fitness_every`` generations the mean alongside, on the
+        same batch: its curve), tell, record."""
         es = self.config.es
         t0 = time.perf_counter()
         candidates = self.strategy.ask()
-        f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
-        record: dict[str, Any] = self.strategy.tell(f[:-1])
-        record["mean_fitness"] = float(f[-1])
+        with_mean = es.mean_fitness_every > 0 and (g % es.mean_fitness_every == 0 or g + 1 == es.generations)
+        if with_mean:
+            f = pool(torch.cat([candidates, self.strategy.center[None].to(candidates.dtype)]), g)
+            record: dict[str, Any] = self.strategy.tell(f[:-1])
+            record["mean_fitness"] = float(f[-1])
+        else:
+            record = self.strategy.tell(pool(candidates, g))
         if (g + 1) % es.eval_every == 0 or g + 1 == es.generations:
             record.update(self.evaluate_mean())
         record["time_s"] = time.perf_counter() - t0
@@ -218,7 +224,8 @@ class ESRun:
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             if (g + 1) % es.checkpoint_every == 0 or g + 1 == es.generations:
                 self.save_checkpoint()
-        bar.advance(1, f"fitness {record['fitness_mean']:.4f} (best {record['fitness_max']:.4f}, mean {record['mean_fitness']:.4f})")
+        mean = f", mean {record['mean_fitness']:.4f}" if with_mean else ""
+        bar.advance(1, f"fitness {record['fitness_mean']:.4f} (best {record['fitness_max']:.4f}{mean})")
         if on_generation is not None:
             on_generation(record)
 
@@ -236,15 +243,17 @@ class ESRun:
             "final": {"fitness_mean": last.get("fitness_mean", math.nan), "mean_fitness": last.get("mean_fitness", math.nan),
                       "test_acc": tested[-1]["test_acc"] if tested else None,
                       "test_loss": tested[-1]["test_loss"] if tested else None},
-            "first": {"mean_fitness": self.history[0]["mean_fitness"]} if self.history else {},
+            "first": {"mean_fitness": self.history[0]["mean_fitness"]} if self.history and "mean_fitness" in self.history[0] else {},
             "history": self.history,
             "num_params": self.layout.size,
-            "evaluations": self.strategy.generation * (self.strategy.popsize + 1) * self.config.es.batch_size,
+            "evaluations": (self.strategy.generation * self.strategy.popsize
+                            + sum("mean_fitness" in h for h in self.history)) * self.config.es.batch_size,
             "timings": {"total_s": self.elapsed,
                         "generations_per_s": self.strategy.generation / self.elapsed if self.elapsed > 0 else None},
             "seeds": {"master": self.config.seed, "model": derive_seed(self.config.seed, "model/model"),
                       "data": self.loader.seed, "es": self.strategy.seed},
             "device": str(self.device),
+            "malloc": dict(zip(("allocator", "reason"), getattr(self, "malloc", ("system", "not run")))),
             "versions": versions(),
         }
 

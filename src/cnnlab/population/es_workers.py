@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from cnnlab.data.batches import BatchLoader
+from cnnlab.engine.setup import apply_malloc
 from cnnlab.population.bn import bn_batch_statistics
 from cnnlab.population.procs import shards
 from cnnlab.population.stack import ParamLayout, stacked_forward
@@ -111,6 +112,7 @@ _WORKER_FITNESS: Optional[BatchFitness] = None
 def _init_worker(fitness: BatchFitness, threads: int) -> None:
     global _WORKER_FITNESS
     torch.set_num_threads(threads)
+    apply_malloc(torch.device("cpu"))
     _WORKER_FITNESS = fitness
 
 

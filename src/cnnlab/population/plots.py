@@ -25,7 +25,9 @@ def plot_es_fitness(history: Sequence[dict[str, Any]], path: str | Path, title: 
     ax.fill_between(gens, [h["fitness_min"] for h in history], [h["fitness_max"] for h in history], alpha=0.2,
                     label="candidates (min-max)")
     ax.plot(gens, [h["fitness_mean"] for h in history], label="candidates (mean)")
-    ax.plot(gens, [h["mean_fitness"] for h in history], label="mean of the search distribution")
+    scored = [h for h in history if "mean_fitness" in h]
+    if scored:
+        ax.plot([h["generation"] for h in scored], [h["mean_fitness"] for h in scored], label="mean of the search distribution")
     ax.set_xlabel("generation")
     ax.set_ylabel(fitness)
     tested = [h for h in history if "test_acc" in h]

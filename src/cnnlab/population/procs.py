@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from cnnlab.engine.setup import apply_malloc
 from cnnlab.population.members import train_members
 from cnnlab.population.plan import ProgressFn, TrainPlan, default_workers
 from cnnlab.population.state import PopulationState
@@ -28,6 +29,7 @@ _PROGRESS_QUEUE = None
 def _init_worker(threads: int, queue) -> None:
     global _PROGRESS_QUEUE
     torch.set_num_threads(threads)
+    apply_malloc(torch.device("cpu"))
     _PROGRESS_QUEUE = queue
 
 

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from cnnlab.data.batches import BatchLoader
+from cnnlab.engine.setup import apply_malloc
 from cnnlab.engine.step import StepSettings
 from cnnlab.population.checkpoints import CHECKPOINT_FORMAT
 from cnnlab.population.checkpoints import record_choice as _record_choice
@@ -138,6 +139,7 @@ def train_population(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if checkpoint_dir is not None:
         plan.checkpoint_dir, plan.checkpoint_every = Path(checkpoint_dir), checkpoint_every
+    apply_malloc(plan.device)
     choice = None
     if backend == "auto":
         choice = _recorded_choice(plan)
