@@ -19,7 +19,7 @@ def lds_cmd(
     scores: Optional[List[Path]] = typer.Option(None, "--scores",
                                                 help="External scores (.npy/.pt, N_train x N_targets) to validate too."),
     baselines: str = typer.Option("tracin,trak", "--baselines", help="Comma list of tracin, trak, or 'none'."),
-    workers: int = typer.Option(1, "--workers", help="Processes training subset models (this one included)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes training subset models (this one included)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="population (default when available) | step"),
     backend: str = typer.Option("auto", "--backend", help="Population backend: auto | vmap | loop | procs."),
     force: bool = typer.Option(False, "--force", help="Retrain the subset models of this regime."),
