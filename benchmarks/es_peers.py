@@ -126,11 +126,9 @@ def run_evotorch(pair: str, seed: int, generations: int, problem: str) -> dict:
     from evotorch import Problem
     from evotorch.algorithms import CMAES, PGPE, SNES
 
-    from cnnlab.utils.memory import retain_freed_memory
-
     warnings.filterwarnings("ignore")
-    retain_freed_memory()  # cnnlab's ES runs keep freed memory; the borrowed fitness gets the same allocator here
-    run = _run(pair, seed, generations, problem)  # the same model, start vector, batches and fitness
+    # the same model, start vector, batches and fitness; and the same allocator (an ESRun keeps freed memory)
+    run = _run(pair, seed, generations, problem)
     x0 = run.strategy.center.clone()
     fitness = TimedFitness(run.batch_fitness)
     state = {"generation": 0}

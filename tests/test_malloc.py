@@ -86,4 +86,4 @@ def test_es_runs_choose_and_record_the_allocator_too(monkeypatch):
     assert ESRun(cfg).run(progress=False)["malloc"] == {"allocator": "system", "reason": f"set by {MALLOC_ENV}=system"}
     monkeypatch.setenv(MALLOC_ENV, "tcmalloc")
     with pytest.raises(ConfigError, match=MALLOC_ENV):
-        ESRun(cfg).run(progress=False)
+        ESRun(cfg)  # refused before anything runs

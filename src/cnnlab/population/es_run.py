@@ -76,6 +76,7 @@ class ESRun:
             raise ConfigError(str(e).replace("train.batch_size", "es.batch_size").replace("train.device", "es.device")) from None
         model = self.parts.model
         self.device = self.parts.device
+        self.malloc = apply_malloc(self.device)  # before any compute: a bad CNNLAB_MALLOC fails here
         self.skeleton = meta_skeleton(model).eval()
         trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         self.layout = ParamLayout.of(trainable)
@@ -167,7 +168,6 @@ class ESRun:
     def run(self, *, resume: bool = False, progress: bool = True,
             on_generation: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         es = self.config.es
-        self.malloc = apply_malloc(self.device)
         if self.run_dir is not None:
             ckpt = self.run_dir / "checkpoints" / "last.pt"
             if not resume and (ckpt.exists() or (self.run_dir / "result.json").exists()):
@@ -253,7 +253,7 @@ class ESRun:
             "seeds": {"master": self.config.seed, "model": derive_seed(self.config.seed, "model/model"),
                       "data": self.loader.seed, "es": self.strategy.seed},
             "device": str(self.device),
-            "malloc": dict(zip(("allocator", "reason"), getattr(self, "malloc", ("system", "not run")))),
+            "malloc": dict(zip(("allocator", "reason"), self.malloc)),
             "versions": versions(),
         }
 
