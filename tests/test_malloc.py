@@ -87,3 +87,15 @@ def test_es_runs_choose_and_record_the_allocator_too(monkeypatch):
     monkeypatch.setenv(MALLOC_ENV, "tcmalloc")
     with pytest.raises(ConfigError, match=MALLOC_ENV):
         ESRun(cfg)  # refused before anything runs
+
+
+def test_cli_refusal_is_one_line_and_leaves_no_run_directory(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    monkeypatch.setenv(MALLOC_ENV, "jemalloc")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--set", "train.epochs=1", "--set", "train.device=cpu", "--out", str(out)])
+    assert res.exit_code == 2 and f"{MALLOC_ENV}='jemalloc'" in res.output and "Traceback" not in res.output
+    assert not out.exists()  # created for the run's lock, removed again: nothing was written

@@ -255,9 +255,9 @@ class LDSStudy:
         done = self.regime.models - len(todo)
         if not todo:
             return
-        apply_malloc(resolve_device(self.config.train.device))
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        apply_malloc(resolve_device(self.config.train.device))
         if engine == "population":
             size = chunk or max(8, 4 * workers)
             for start in range(0, len(todo), size):

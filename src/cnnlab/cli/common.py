@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from cnnlab.utils.console import err_console
+from cnnlab.utils.console import console, err_console, print_json
 
 MLFLOW_DEFAULT = "default"  # bare --mlflow: a sqlite store beside the command's runs (see resolve_mlflow_uri)
 _URI_PREFIXES = ("sqlite:", "file:", "http:", "https:", "databricks", "postgresql", "mysql", "mssql")
@@ -160,3 +160,16 @@ def check_out(out: Optional[Path], resume: bool) -> None:
     if resume and not ((out / "config.yaml").is_file() or (out / "checkpoints" / "last.pt").is_file()):
         fail(f"--resume: {out} holds no run to continue (no config.yaml or checkpoints/last.pt); "
              "leave out --resume to start a new run there")
+
+
+def print_submission(sub: Any, record: dict[str, Any], json_out: bool, *, tasks: str, then: str) -> None:
+    """What a job-array submission (``Submission``) wrote and did: ``record`` as JSON, or the job script, how it was
+    (or is to be) submitted, and ``then``, what to run once its ``tasks`` finished."""
+    if json_out:
+        print_json(record)
+        return
+    lines = [f"job script for {len(sub.indices)} {tasks} task(s): {sub.script}",
+             f"submitted with {' '.join(sub.command)}: job {sub.job_id}" if sub.submitted
+             else f"dry run; submit with: {' '.join(sub.command)}", then]
+    for line in lines:
+        console.print(line, highlight=False, markup=False)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from cnnlab.cli.common import check_attribution_executor_option, fail
+from cnnlab.cli.common import check_attribution_executor_option, fail, print_submission
 from cnnlab.utils.console import console, print_json, print_table
 
 
@@ -125,13 +125,6 @@ def _task(run_dir: Path, regime, index: int, threads: Optional[int], json_out: b
 def _submitted(run_dir: Path, sub, json_out: bool) -> None:
     from cnnlab.experiments.attribution_jobs import submission_summary
 
-    if json_out:
-        print_json(submission_summary(sub))
-        return
-    console.print(f"job script for {len(sub.indices)} subset-model task(s): {sub.script}", highlight=False, markup=False)
-    if sub.submitted:
-        console.print(f"submitted with {' '.join(sub.command)}: job {sub.job_id}", highlight=False, markup=False)
-    else:
-        console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, markup=False)
-    console.print(f"once the tasks finished, run `cnnlab lds {run_dir}` with the same --drop/--models/--seed to merge "
-                  "the subset models and compute the LDS", highlight=False, markup=False)
+    print_submission(sub, submission_summary(sub), json_out, tasks="subset-model",
+                     then=f"once the tasks finished, run `cnnlab lds {run_dir}` with the same --drop/--models/--seed to merge "
+                          "the subset models and compute the LDS")

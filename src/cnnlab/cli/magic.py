@@ -9,7 +9,8 @@ from typing import Any, List, Optional
 import typer
 
 from cnnlab.cli.common import (
-    check_attribution_executor_option, check_mlflow, fail, log_to_mlflow, mlflow_option, progress_option, set_option,
+    check_attribution_executor_option, check_mlflow, fail, log_to_mlflow, mlflow_option, print_submission, progress_option,
+    set_option,
 )
 from cnnlab.utils.console import console, err_console, print_json, print_table
 
@@ -211,13 +212,6 @@ def _chunk_task(cfg, run_dir: Path, targets: list[int], chunk: int, index: int, 
 def _submitted(run_dir: Path, sub, json_out: bool) -> None:
     from cnnlab.experiments.attribution_jobs import submission_summary
 
-    if json_out:
-        print_json({"run_dir": str(run_dir), **submission_summary(sub, unit="chunks")})
-        return
-    console.print(f"job script for {len(sub.indices)} MAGIC chunk task(s): {sub.script}", highlight=False, markup=False)
-    if sub.submitted:
-        console.print(f"submitted with {' '.join(sub.command)}: job {sub.job_id}", highlight=False, markup=False)
-    else:
-        console.print(f"dry run; submit with: {' '.join(sub.command)}", highlight=False, markup=False)
-    console.print("once the tasks finished, run the same `cnnlab magic` command again (without --force) to merge the "
-                  "chunks into one scores file", highlight=False, markup=False)
+    print_submission(sub, {"run_dir": str(run_dir), **submission_summary(sub, unit="chunks")}, json_out, tasks="MAGIC chunk",
+                     then="once the tasks finished, run the same `cnnlab magic` command again (without --force) to merge the "
+                          "chunks into one scores file")

@@ -43,6 +43,7 @@ def train_cmd(
     run_dir = out or Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_mlflow(mlflow)
     lock = None
+    created = not run_dir.exists()  # a refusal before anything is written leaves no empty run directory behind
     if int(os.environ.get("RANK", "0")) == 0:  # one claim per run (rank 0 of a torchrun job holds it)
         from cnnlab.experiments.store import LOCK_NAME, RunLock
 
@@ -73,6 +74,8 @@ def train_cmd(
         shutdown()
         if lock is not None:
             lock.release()
+        if created and run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
     if not trainer.is_main:
         return
     if json_out:
