@@ -154,6 +154,12 @@ def sge_ready() -> bool:
     return any(len(r) == 5 for r in rows)  # no states column: the queue instance is OK
 
 
+def require_scheduler(executor: str) -> None:
+    """Skip the calling test unless ``executor`` (slurm or sge) has a running scheduler here."""
+    if not (slurm_ready() if executor == "slurm" else sge_ready()):
+        pytest.skip(f"no running {executor} here (tests/test_experiments_cluster_setup.sh starts one)")
+
+
 def _wait_done(sweep: Sweep, timeout: float = 240) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:

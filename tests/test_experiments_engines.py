@@ -176,10 +176,9 @@ def test_lds_on_a_local_ray_equals_the_local_path(magic_dir, reference, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["slurm", "sge"])
 def test_lds_on_a_real_scheduler_equals_the_local_path(magic_dir, reference, tmp_path, monkeypatch, executor):
-    from test_experiments_cluster import sge_ready, slurm_ready
+    from test_experiments_cluster import require_scheduler
 
-    if not (slurm_ready() if executor == "slurm" else sge_ready()):
-        pytest.skip(f"no running {executor} here (tests/test_experiments_cluster_setup.sh starts one)")
+    require_scheduler(executor)
     monkeypatch.chdir(tmp_path)
     run = copy_run(magic_dir, tmp_path)
     res = cli.invoke(app, ["lds", str(run), *LDS_ARGS, "--executor", executor, "--json"])

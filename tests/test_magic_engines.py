@@ -173,10 +173,9 @@ def test_chunks_on_a_local_ray_equal_the_unchunked_scores(config, reference, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["slurm", "sge"])
 def test_chunks_on_a_real_scheduler_equal_the_unchunked_scores(config, reference, tmp_path, monkeypatch, executor):
-    from test_experiments_cluster import sge_ready, slurm_ready
+    from test_experiments_cluster import require_scheduler
 
-    if not (slurm_ready() if executor == "slurm" else sge_ready()):
-        pytest.skip(f"no running {executor} here (tests/test_experiments_cluster_setup.sh starts one)")
+    require_scheduler(executor)
     monkeypatch.chdir(tmp_path)
     run = trained_run(reference, tmp_path)
     res = cli.invoke(app, ["magic", str(config), *CHUNKED, "--executor", executor, "--out", str(run), "--json"])
